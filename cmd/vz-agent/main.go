@@ -1,0 +1,192 @@
+// Command vz-agent is the guest's /init: it sets up the micro-VM and serves
+// the shim's task, stdio and event calls. Started by hand (not as PID 1) it
+// runs in host mode on an ordinary Linux machine, listening on 0600 unix
+// sockets; the tests drive it that way.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/containerd/v2/pkg/sys/reaper"
+	runc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/vz-shim/containerd-shim-vz/agent"
+	"github.com/vz-shim/containerd-shim-vz/agent/sysinit"
+	"github.com/vz-shim/containerd-shim-vz/transport"
+)
+
+func main() {
+	if os.Getpid() == 1 {
+		if err := runInit(); err != nil {
+			sysinit.Fatal(err)
+		}
+		return
+	}
+	if err := runHost(); err != nil {
+		fmt.Fprintf(os.Stderr, "vz-agent: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// runHost is host mode: an ordinary process, unix sockets in a directory.
+func runHost() error {
+	var (
+		listen = flag.String("listen", "", "directory for the agent's unix sockets (one per port, mode 0600)")
+		state  = flag.String("state", "", "state directory (bundles, runc state)")
+		runcB  = flag.String("runc", "runc", "runc binary")
+		debug  = flag.Bool("debug", false, "debug logging")
+	)
+	flag.Parse()
+	if *listen == "" || *state == "" {
+		return errors.New("host mode needs -listen and -state")
+	}
+	if *debug {
+		_ = log.SetLevel("debug")
+	}
+	// Containers' processes are re-parented to us once runc exits, so
+	// that their exits reach the reaper.
+	if err := reaper.SetSubreaper(1); err != nil {
+		return fmt.Errorf("becoming a subreaper: %w", err)
+	}
+	return serve(agent.Config{StateDir: *state, Runc: *runcB}, transport.Unix{Dir: *listen}, nil)
+}
+
+// runInit is the VM's PID 1.
+func runInit() error {
+	// Any of these steps may re-exec /init (switch root), so they come
+	// before anything that starts goroutines of our own.
+	if err := sysinit.SwitchRoot(); err != nil {
+		return fmt.Errorf("leaving the initramfs: %w", err)
+	}
+	os.Setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+	if err := sysinit.MountBase("/"); err != nil {
+		return err
+	}
+	cmdline, err := sysinit.ReadCmdline()
+	if err != nil {
+		return err
+	}
+	if v, ok := cmdline.Get("vz.debug"); ok && v != "0" {
+		_ = log.SetLevel("debug")
+	}
+	ctx := context.Background()
+	modules, err := sysinit.ModulesDir()
+	if err != nil {
+		return err
+	}
+	if _, err := sysinit.LoadModules(ctx, modules, cmdline); err != nil {
+		// The step that needs a missing driver fails with a clearer
+		// message (no transport device, no disk); the console has this.
+		log.G(ctx).WithError(err).Error("loading kernel modules")
+	}
+	if err := sysinit.LinkUp("lo"); err != nil {
+		return err
+	}
+	lf, closeT, err := guestTransport(ctx, cmdline)
+	if err != nil {
+		return err
+	}
+	defer closeT()
+	err = serve(agent.Config{StateDir: "/run/vz-agent", Init: true}, lf, func(ctx context.Context) {
+		sysinit.Shutdown(ctx, false)
+	})
+	if err != nil {
+		return err
+	}
+	return sysinit.Shutdown(ctx, false)
+}
+
+// guestTransport picks the transport named on the kernel command line:
+// vz.transport=vsock, or vz.transport=serial with vz.port=<virtio port name>
+// (a yamux multiplexer over the virtio-serial port).
+func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (transport.ListenerFactory, func(), error) {
+	kind, _ := cmdline.Get("vz.transport")
+	switch kind {
+	case "", "vsock":
+		return transport.Vsock{}, func() {}, nil
+	case "serial":
+		name, ok := cmdline.Get("vz.port")
+		if !ok {
+			name = "agent"
+		}
+		dev, err := findVirtioPort(name)
+		if err != nil {
+			return nil, nil, err
+		}
+		f, err := os.OpenFile(dev, os.O_RDWR, 0)
+		if err != nil {
+			return nil, nil, fmt.Errorf("opening %s: %w", dev, err)
+		}
+		m, err := transport.NewMux(ctx, f, true)
+		if err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		return m, func() { m.Close() }, nil
+	}
+	return nil, nil, fmt.Errorf("unknown vz.transport %q", kind)
+}
+
+// findVirtioPort maps a virtio-serial port name to its device: there is no
+// udev in the guest to make /dev/virtio-ports links.
+func findVirtioPort(name string) (string, error) {
+	matches, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+	for _, m := range matches {
+		b, err := os.ReadFile(m)
+		if err == nil && strings.TrimSpace(string(b)) == name {
+			return filepath.Join("/dev", filepath.Base(filepath.Dir(m))), nil
+		}
+	}
+	return "", fmt.Errorf("no virtio-serial port named %q", name)
+}
+
+// serve runs the agent until a signal or the shim's Shutdown. onSignal, if
+// set, is what SIGTERM does after the containers are stopped (power off).
+func serve(cfg agent.Config, lf transport.ListenerFactory, onSignal func(context.Context)) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// go-runc must wait for runc through the reaper, which owns every
+	// child's exit status (we reap orphans too).
+	runc.Monitor = reaper.Default
+	sigc := make(chan os.Signal, 128)
+	signal.Notify(sigc, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT)
+	cfg.Shutdown = cancel
+	a, err := agent.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for s := range sigc {
+			switch s {
+			case unix.SIGCHLD:
+				if err := reaper.Reap(); err != nil {
+					log.G(ctx).WithError(err).Debug("reaping")
+				}
+			default:
+				// Not in this goroutine: stopping waits for exits, which
+				// need SIGCHLD handled here.
+				log.G(ctx).WithField("signal", s).Info("stopping")
+				go func() {
+					a.StopContainers(ctx)
+					if onSignal != nil {
+						onSignal(ctx)
+					}
+					cancel()
+				}()
+			}
+		}
+	}()
+	err = a.Serve(ctx, lf)
+	a.StopContainers(context.Background())
+	return err
+}
