@@ -5,10 +5,16 @@
 #   proto        regenerate the Go code in api/ from its .proto files
 #   proto-check  fail if the committed code in api/ is not what `make proto` generates
 #   lint         gofmt, go vet, staticcheck
-#   test         deps, lint, proto-check, build, agent-arm64, then go test -race (needs root)
+#   test         deps, lint, proto-check, build, agent-arm64, containerd, guest (host arch),
+#                then go test -race of everything, integration tests included (needs root)
 #   bench        benchmarks: numbers side by side, no assertions (needs root)
 #   clean        remove _output/
-#   run          not yet: arrives with issues [2/5]/[3/5]
+#   containerd   containerd 2.4.x's containerd, ctr and containerd-shim-runc-v2 (the versions in
+#                go.mod) into _output/containerd/bin/, for the integration tests
+#   integration  containerd, then the integration tests (./integration/, needs root); they use
+#                _output/bin/containerd-shim-vz-v1 and _output/guest/<arch>/ when present
+#   guest        the guest kernel and initramfs: make guest [ARCH=amd64|arm64] (see below)
+#   run          not yet: arrives with issue [3/5]
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -82,6 +88,8 @@ test:
 	@$(MAKE) --no-print-directory proto-check
 	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory agent-arm64
+	@$(MAKE) --no-print-directory containerd
+	@$(MAKE) --no-print-directory guest ARCH=$(HOSTARCH)
 	@hack/test.sh
 
 # Benchmarks print numbers (time per container, agent memory); they assert nothing.
@@ -98,3 +106,54 @@ clean:
 run:
 	@echo "make run arrives with issue [2/5]/[3/5] (the shim and the VM); there is nothing to run yet." >&2
 	@exit 2
+
+# containerd, ctr and the runc shim at the version go.mod pins (kept in go.sum through the `tool`
+# directives), built from this module: `go install pkg@version` of containerd is refused because of
+# its exclude directives. Rebuilt when go.mod or go.sum change; the Go build cache makes that fast.
+CONTAINERD_BIN := _output/containerd/bin
+CONTAINERD_PKGS := \
+	github.com/containerd/containerd/v2/cmd/containerd \
+	github.com/containerd/containerd/v2/cmd/ctr \
+	github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+CONTAINERD_TAGS := no_btrfs no_devmapper no_zfs
+CONTAINERD_BINS := $(addprefix $(CONTAINERD_BIN)/,$(notdir $(CONTAINERD_PKGS)))
+
+.PHONY: containerd
+containerd: $(CONTAINERD_BINS)
+
+# go build leaves an up-to-date binary untouched: touch them so make sees them as new.
+$(CONTAINERD_BINS) &: go.mod go.sum
+	@mkdir -p $(CONTAINERD_BIN)
+	CGO_ENABLED=0 $(GO) build -tags "$(CONTAINERD_TAGS)" -o $(CONTAINERD_BIN)/ $(CONTAINERD_PKGS)
+	@touch $(CONTAINERD_BINS)
+
+# The integration tests alone, with the summary of hack/test.sh:
+#   make integration TESTFLAGS='-run TestRunEcho/runc'
+.PHONY: integration
+integration: containerd
+	@PKGS=./integration/ hack/test.sh
+
+# The guest kernel and initramfs (DESIGN.md §5, §7; hack/guest.sh):
+#   guest        make guest [ARCH=amd64|arm64]: _output/guest/<arch>/{kernel,initrd} from Debian's
+#                kernel package, a static runc and the static agent (needs root the first time: apt)
+#   guest-deps   the Debian packages guest needs for ARCH (cross compiler, libseccomp, QEMU)
+#   runc-static  the static runc alone, into _output/runc/<arch>/runc
+#   guest-check  rebuild the image of ARCH and fail unless it is byte-identical (reproducibility)
+HOSTARCH := $(shell $(GO) env GOHOSTARCH)
+ARCH ?= $(HOSTARCH)
+
+.PHONY: guest
+guest:
+	@hack/guest.sh all $(ARCH)
+
+.PHONY: guest-deps
+guest-deps:
+	@hack/guest.sh deps $(ARCH)
+
+.PHONY: runc-static
+runc-static: guest-deps
+	@hack/guest.sh runc $(ARCH)
+
+.PHONY: guest-check
+guest-check:
+	@hack/guest.sh check $(ARCH)

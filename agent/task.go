@@ -260,7 +260,11 @@ func (c *container) mountRootfs() error {
 			}
 		}
 	}
-	if err := mount.All(c.mounts, root); err != nil {
+	mounts, err := resolveDisks("/sys/block", c.mounts)
+	if err != nil {
+		return err
+	}
+	if err := mount.All(mounts, root); err != nil {
 		c.rootfs = root
 		_ = mount.UnmountRecursive(root, unix.MNT_DETACH)
 		c.rootfs = ""

@@ -1,0 +1,147 @@
+package guest
+
+import (
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"os"
+	"path"
+
+	"github.com/vz-shim/containerd-shim-vz/guest/kmod"
+)
+
+// Where things are in the initramfs. The agent runs runc from PATH
+// (/usr/sbin:/usr/bin:/sbin:/bin) and loads modules from
+// /lib/modules/<release>/modules.dep.
+const (
+	InitPath = "init"
+	RuncPath = "usr/bin/runc"
+)
+
+// mountpoints the agent mounts on or uses before it creates anything.
+var baseDirs = []string{"dev", "etc", "mnt", "proc", "run", "sys", "tmp"}
+
+// Config says what goes into a guest image.
+type Config struct {
+	Arch      string // "amd64" or "arm64"
+	KernelDeb string // Debian linux-image-<release> package
+	Agent     string // static vz-agent for Arch, the initramfs's /init
+	Runc      string // static runc for Arch
+	// Modules are the modules to include, with their dependencies; nil
+	// means the package's Modules.
+	Modules []string
+	// ModTime is the mtime of every initramfs entry (SOURCE_DATE_EPOCH).
+	ModTime int64
+}
+
+// Image is a built guest: a kernel and its initramfs.
+type Image struct {
+	Kernel *Kernel
+	// Initrd is the gzip-compressed newc cpio archive; InitrdSize its size
+	// before compression.
+	Initrd     []byte
+	InitrdSize int64
+}
+
+// Build reads the kernel package and the binaries named by cfg and builds
+// the guest image in memory. Equal inputs give equal bytes.
+func Build(cfg Config) (*Image, error) {
+	names := cfg.Modules
+	if names == nil {
+		names = Modules
+	}
+	agent, err := readStatic(cfg.Agent, cfg.Arch)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	runc, err := readStatic(cfg.Runc, cfg.Arch)
+	if err != nil {
+		return nil, fmt.Errorf("runc: %w", err)
+	}
+	k, err := ReadKernelDeb(cfg.KernelDeb, cfg.Arch, names)
+	if err != nil {
+		return nil, err
+	}
+	fs, err := Layout(k, agent, runc)
+	if err != nil {
+		return nil, err
+	}
+	fs.ModTime = cfg.ModTime
+	var buf bytes.Buffer
+	size, err := fs.WriteGzip(&buf)
+	if err != nil {
+		return nil, err
+	}
+	return &Image{Kernel: k, Initrd: buf.Bytes(), InitrdSize: size}, nil
+}
+
+// Layout returns the initramfs of a guest: the agent as /init, runc, the
+// kernel's modules with a modules.dep of just those, the device nodes the
+// Go runtime needs before devtmpfs is mounted, and empty mountpoints.
+// Nothing else: no shell, no libraries.
+func Layout(k *Kernel, agent, runc []byte) (*Initramfs, error) {
+	fs := &Initramfs{}
+	for _, d := range baseDirs {
+		perm := uint32(0o755)
+		if d == "tmp" {
+			perm = 0o1777
+		}
+		if err := fs.AddDir(d, perm); err != nil {
+			return nil, err
+		}
+	}
+	steps := []error{
+		fs.AddFile(InitPath, 0o755, agent),
+		fs.AddFile(RuncPath, 0o755, runc),
+		fs.AddCharDevice("dev/console", 0o600, 5, 1),
+		fs.AddCharDevice("dev/null", 0o666, 1, 3),
+	}
+	for _, err := range steps {
+		if err != nil {
+			return nil, err
+		}
+	}
+	modDir := path.Join("lib/modules", k.Release)
+	if err := fs.AddDir(modDir, 0o755); err != nil {
+		return nil, err
+	}
+	mods := make([]kmod.Module, 0, len(k.Modules))
+	for _, m := range k.Modules {
+		if err := fs.AddFile(path.Join(modDir, m.Path), 0o644, m.Data); err != nil {
+			return nil, err
+		}
+		mods = append(mods, m.Module)
+	}
+	var dep bytes.Buffer
+	if err := kmod.WriteDep(&dep, mods, k.Order); err != nil {
+		return nil, err
+	}
+	if err := fs.AddFile(path.Join(modDir, "modules.dep"), 0o644, dep.Bytes()); err != nil {
+		return nil, err
+	}
+	return fs, nil
+}
+
+// readStatic reads a binary that must run in the guest as it is: a
+// statically linked Linux executable for arch.
+func readStatic(file, arch string) ([]byte, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	f, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	defer f.Close()
+	want := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}[arch]
+	if f.Machine != want {
+		return nil, fmt.Errorf("%s: built for %v, not %s", file, f.Machine, arch)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return nil, fmt.Errorf("%s: dynamically linked; the guest has no libraries", file)
+		}
+	}
+	return b, nil
+}

@@ -1,0 +1,216 @@
+package integration
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// imageTime is the fixed time of every file and of the image config: same input, same digests.
+var imageTime = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// writeBusyboxImage writes a one-layer image named name as an OCI image layout tar at out: the
+// static busybox at /bin/busybox, a symlink to it for each of its applets, /etc/passwd and
+// /etc/group, and the directories a container runtime mounts over.
+func writeBusyboxImage(out, busybox, name string) error {
+	layer, err := busyboxLayer(busybox)
+	if err != nil {
+		return err
+	}
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	if _, err := zw.Write(layer); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+
+	platform := ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH}
+	config, err := json.Marshal(ocispec.Image{
+		Created:  &imageTime,
+		Platform: platform,
+		Config: ocispec.ImageConfig{
+			Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+			Cmd: []string{"sh"},
+		},
+		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(layer)}},
+		History: []ocispec.History{{
+			Created:   &imageTime,
+			CreatedBy: "containerd-shim-vz integration tests: busybox " + busybox,
+		}},
+	})
+	if err != nil {
+		return err
+	}
+	blobs := map[digest.Digest][]byte{}
+	add := func(mediaType string, b []byte) ocispec.Descriptor {
+		dgst := digest.FromBytes(b)
+		blobs[dgst] = b
+		return ocispec.Descriptor{MediaType: mediaType, Digest: dgst, Size: int64(len(b))}
+	}
+	manifest, err := json.Marshal(ocispec.Manifest{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageManifest,
+		Config:    add(ocispec.MediaTypeImageConfig, config),
+		Layers:    []ocispec.Descriptor{add(ocispec.MediaTypeImageLayerGzip, gz.Bytes())},
+	})
+	if err != nil {
+		return err
+	}
+	mdesc := add(ocispec.MediaTypeImageManifest, manifest)
+	mdesc.Platform = &platform
+	mdesc.Annotations = map[string]string{
+		"io.containerd.image.name": name,
+		ocispec.AnnotationRefName:  name[strings.LastIndex(name, ":")+1:],
+	}
+	index, err := json.Marshal(ocispec.Index{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageIndex,
+		Manifests: []ocispec.Descriptor{mdesc},
+	})
+	if err != nil {
+		return err
+	}
+	layout, err := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
+	if err != nil {
+		return err
+	}
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	files := []struct {
+		name string
+		data []byte
+	}{
+		{ocispec.ImageLayoutFile, layout},
+		{ocispec.ImageIndexFile, index},
+	}
+	dgsts := make([]digest.Digest, 0, len(blobs))
+	for dgst := range blobs {
+		dgsts = append(dgsts, dgst)
+	}
+	sort.Slice(dgsts, func(i, j int) bool { return dgsts[i] < dgsts[j] })
+	for _, dgst := range dgsts {
+		files = append(files, struct {
+			name string
+			data []byte
+		}{path.Join("blobs", dgst.Algorithm().String(), dgst.Encoded()), blobs[dgst]})
+	}
+	for _, dir := range []string{"blobs/", "blobs/sha256/"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: dir, Mode: 0o755, ModTime: imageTime}); err != nil {
+			return err
+		}
+	}
+	for _, f := range files {
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o644, Size: int64(len(f.data)), ModTime: imageTime}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return os.WriteFile(out, buf.Bytes(), 0o644)
+}
+
+// busyboxLayer is the uncompressed layer tar of the busybox image.
+func busyboxLayer(busybox string) ([]byte, error) {
+	bb, err := os.ReadFile(busybox)
+	if err != nil {
+		return nil, err
+	}
+	// "bin/sh", "usr/bin/head", ...: every applet with its install path.
+	out, err := exec.Command(busybox, "--list-full").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s --list-full: %w", busybox, err)
+	}
+	links := map[string]bool{}
+	for _, l := range strings.Fields(string(out)) {
+		l = strings.TrimPrefix(l, "/")
+		if strings.Contains(l, "/") && l != "bin/busybox" {
+			links[l] = true
+		}
+	}
+	for _, applet := range []string{"sh", "echo", "cat", "uname", "sleep", "stty", "true", "false", "head", "wc", "ps"} {
+		if !links["bin/"+applet] && !links["usr/bin/"+applet] {
+			return nil, fmt.Errorf("%s has no %s applet", busybox, applet)
+		}
+	}
+
+	dirs := map[string]bool{"bin": true, "dev": true, "etc": true, "proc": true, "root": true,
+		"sys": true, "tmp": true, "run": true, "var": true, "usr": true, "usr/bin": true, "usr/sbin": true, "sbin": true}
+	for l := range links {
+		for d := path.Dir(l); d != "."; d = path.Dir(d) {
+			dirs[d] = true
+		}
+	}
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, d := range sortedKeys(dirs) {
+		mode := int64(0o755)
+		switch d {
+		case "tmp":
+			mode = 0o1777
+		case "root":
+			mode = 0o700
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: mode, ModTime: imageTime}); err != nil {
+			return nil, err
+		}
+	}
+	files := []struct {
+		name string
+		mode int64
+		data []byte
+	}{
+		{"bin/busybox", 0o755, bb},
+		{"etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
+		{"etc/group", 0o644, []byte("root:x:0:\nnogroup:x:65534:\n")},
+	}
+	for _, f := range files {
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: imageTime}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			return nil, err
+		}
+	}
+	for _, l := range sortedKeys(links) {
+		hdr := &tar.Header{Typeflag: tar.TypeSymlink, Name: l, Linkname: "/bin/busybox", Mode: 0o777, ModTime: imageTime}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func sortedKeys(m map[string]bool) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,23 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/vz-shim/containerd-shim-vz/vm"
+	"github.com/vz-shim/containerd-shim-vz/vm/qemu"
+)
+
+func newMachine(ctx context.Context, backend string, cfg vm.Config) (vm.Machine, error) {
+	if backend != "qemu" {
+		return nil, fmt.Errorf("backend %q: only qemu runs on Linux: %w", backend, errdefs.ErrInvalidArgument)
+	}
+	return qemu.New(ctx, cfg)
+}
+
+// cleanupMachine stops a VM that a dead shim left behind.
+func cleanupMachine(ctx context.Context, stateDir string) error {
+	return qemu.Cleanup(stateDir)
+}

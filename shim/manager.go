@@ -1,0 +1,154 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+	"github.com/containerd/containerd/api/types"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+// Name is the runtime name containerd knows the shim by.
+const Name = "io.containerd.vz.v1"
+
+// NewManager is the shim binary's bootstrap side (start, delete, -info).
+func NewManager() shim.Shim { return manager{} }
+
+type manager struct{}
+
+func (manager) Name() string { return Name }
+
+// mountCapabilities tells containerd which mounts the shim performs itself:
+// block images become disks and are mounted in the guest, never on the
+// host (which may be a Mac).
+var mountCapabilities = &types.MountCapabilities{
+	Types:      []string{"ext4", "ext3", "ext2", "xfs", "erofs"},
+	Transforms: []string{"format"},
+}
+
+// Start re-executes the shim as the long-running server of one task, as
+// containerd's runc shim does, and answers with its socket.
+func (manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_ *bootapi.BootstrapResult, retErr error) {
+	id := params.GetInstanceID()
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	var ro runtimeoptions.Options
+	if found, err := params.FindExtension(&ro); err != nil {
+		return nil, fmt.Errorf("reading runtime options: %w", err)
+	} else if found {
+		if err := saveBootstrapOptions(cwd, &ro); err != nil {
+			return nil, err
+		}
+	}
+
+	socketDir := params.GetSocketDir()
+	if socketDir == "" {
+		socketDir = filepath.Join(defaults.DefaultStateDir, "s")
+	}
+	address, err := shim.CreateSocketAddress(ctx, socketDir, params.GetContainerdGrpcAddress(), id, false)
+	if err != nil {
+		return nil, err
+	}
+	l, err := shim.NewSocket(address)
+	if err != nil {
+		if !shim.SocketEaddrinuse(err) {
+			return nil, fmt.Errorf("creating shim socket: %w", err)
+		}
+		if shim.CanConnect(address) {
+			return nil, fmt.Errorf("a shim already serves %s: %w", address, errdefs.ErrAlreadyExists)
+		}
+		if err := shim.RemoveSocket(address); err != nil {
+			return nil, fmt.Errorf("removing stale socket: %w", err)
+		}
+		if l, err = shim.NewSocket(address); err != nil {
+			return nil, err
+		}
+	}
+	f, err := l.File()
+	// The server inherits the socket; closing our listener must not
+	// unlink it.
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	if err != nil {
+		shim.RemoveSocket(address)
+		return nil, err
+	}
+	defer f.Close()
+	defer func() {
+		if retErr != nil {
+			shim.RemoveSocket(address)
+		}
+	}()
+
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"-namespace", ns, "-id", id, "-address", params.GetContainerdGrpcAddress()}
+	if params.GetLogLevel() <= bootapi.LogLevel_LOG_LEVEL_DEBUG {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = cwd
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	cmd.ExtraFiles = []*os.File{f}
+	// Its own process group: containerd's signals to the start helper
+	// must not reach the server.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go cmd.Wait()
+	if err := shim.AdjustOOMScore(cmd.Process.Pid); err != nil {
+		log.G(ctx).WithError(err).Warn("adjusting the shim's OOM score")
+	}
+
+	res := &bootapi.BootstrapResult{Version: 3, Address: address, Protocol: "ttrpc"}
+	if err := res.AddExtension(mountCapabilities); err != nil {
+		cmd.Process.Kill()
+		return nil, err
+	}
+	return res, nil
+}
+
+// Stop is `delete`: containerd's cleanup after a shim that died. It stops a
+// VM left behind and removes the shim's files from the bundle.
+func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	cwd, err := os.Getwd()
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	bundle := filepath.Join(filepath.Dir(cwd), id)
+	if err := cleanupMachine(ctx, filepath.Join(bundle, "vm")); err != nil {
+		log.G(ctx).WithError(err).Warn("stopping a leftover VM")
+	}
+	os.RemoveAll(filepath.Join(bundle, "vm"))
+	os.Remove(filepath.Join(bundle, optionsFile))
+	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
+}
+
+// Info answers `-info`.
+func (manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo, error) {
+	return &types.RuntimeInfo{
+		Name:    Name,
+		Version: &types.RuntimeVersion{Version: Version},
+	}, nil
+}

@@ -1,0 +1,165 @@
+package shim
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"github.com/pelletier/go-toml/v2"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Options are the runtime options of DESIGN §7, read from a TOML file
+// (ctr run --runtime-config-path) or from the CRI runtime's options table.
+type Options struct {
+	Kernel       string   `toml:"kernel"`
+	Initrd       string   `toml:"initrd"`
+	Backend      string   `toml:"backend"`
+	Arch         string   `toml:"arch"`
+	Accel        string   `toml:"accel"`
+	CPUs         int      `toml:"cpus"`
+	MemoryMiB    int      `toml:"memory_mib"`
+	KernelArgs   []string `toml:"kernel_args"`
+	Network      *bool    `toml:"network"`
+	DebugConsole bool     `toml:"debug_console"`
+	// BootTimeout bounds the wait for the agent, in seconds.
+	BootTimeout int `toml:"boot_timeout"`
+}
+
+// optionsFile is where Start keeps the bootstrap's runtime options for the
+// serving process, which does not receive them.
+const optionsFile = "vz-runtime-options.pb"
+
+// saveBootstrapOptions writes the runtime options of the bootstrap params
+// into the bundle (the working directory of Start).
+func saveBootstrapOptions(dir string, opts *runtimeoptions.Options) error {
+	b, err := proto.Marshal(opts)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, optionsFile), b, 0o600)
+}
+
+// loadOptions finds the task's options: those of the Create request, else
+// those saved at bootstrap, else none; defaults fill the rest.
+func loadOptions(bundle string, createOpts *anypb.Any) (Options, error) {
+	var ro *runtimeoptions.Options
+	if createOpts != nil && createOpts.GetValue() != nil {
+		v, err := typeurl.UnmarshalAny(createOpts)
+		if err != nil {
+			return Options{}, fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		o, ok := v.(*runtimeoptions.Options)
+		if !ok {
+			return Options{}, fmt.Errorf("runtime options of type %T, want runtimeoptions: %w", v, errdefs.ErrInvalidArgument)
+		}
+		ro = o
+	} else if b, err := os.ReadFile(filepath.Join(bundle, optionsFile)); err == nil {
+		ro = &runtimeoptions.Options{}
+		if err := proto.Unmarshal(b, ro); err != nil {
+			return Options{}, fmt.Errorf("saved runtime options: %w", err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return Options{}, err
+	}
+	var o Options
+	if ro != nil {
+		body := ro.ConfigBody
+		if len(body) == 0 && ro.ConfigPath != "" {
+			b, err := os.ReadFile(ro.ConfigPath)
+			if err != nil {
+				return Options{}, fmt.Errorf("runtime config %s: %w", ro.ConfigPath, err)
+			}
+			body = b
+		}
+		if err := parseOptions(body, &o); err != nil {
+			return Options{}, err
+		}
+	}
+	if err := o.setDefaults(); err != nil {
+		return Options{}, err
+	}
+	return o, nil
+}
+
+func parseOptions(body []byte, o *Options) error {
+	dec := toml.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(o); err != nil {
+		var sme *toml.StrictMissingError
+		if errors.As(err, &sme) {
+			return fmt.Errorf("runtime options: %s: %w", sme.String(), errdefs.ErrInvalidArgument)
+		}
+		return fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+func (o *Options) setDefaults() error {
+	if o.Arch == "" {
+		o.Arch = runtime.GOARCH
+	}
+	if o.Arch != "amd64" && o.Arch != "arm64" {
+		return fmt.Errorf("arch %q: want amd64 or arm64: %w", o.Arch, errdefs.ErrInvalidArgument)
+	}
+	if o.Backend == "" {
+		o.Backend = defaultBackend
+	}
+	if o.Accel == "" {
+		o.Accel = defaultAccel(o.Arch)
+	}
+	if o.CPUs <= 0 {
+		o.CPUs = 2
+	}
+	if o.MemoryMiB <= 0 {
+		o.MemoryMiB = 512
+	}
+	if o.Network == nil {
+		t := true
+		o.Network = &t
+	}
+	if o.BootTimeout <= 0 {
+		o.BootTimeout = 60
+	}
+	if o.Kernel == "" || o.Initrd == "" {
+		dir, err := defaultGuestDir(o.Arch)
+		if err != nil {
+			return err
+		}
+		if o.Kernel == "" {
+			o.Kernel = filepath.Join(dir, "kernel")
+		}
+		if o.Initrd == "" {
+			o.Initrd = filepath.Join(dir, "initrd")
+		}
+	}
+	return nil
+}
+
+// defaultGuestDir is ../share/containerd-vz/guest/<arch> next to the shim
+// binary (an install), or ../guest/<arch> (the _output tree of a checkout).
+func defaultGuestDir(arch string) (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	base := filepath.Dir(filepath.Dir(self))
+	candidates := []string{
+		filepath.Join(base, "share", "containerd-vz", "guest", arch),
+		filepath.Join(base, "guest", arch),
+	}
+	for _, c := range candidates {
+		if _, err := os.Stat(filepath.Join(c, "kernel")); err == nil {
+			return c, nil
+		}
+	}
+	return "", fmt.Errorf("no guest kernel for %s in %s (run make guest, or set kernel and initrd in the runtime options): %w",
+		arch, strings.Join(candidates, " or "), errdefs.ErrNotFound)
+}

@@ -1,0 +1,136 @@
+package shim
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/fifo"
+
+	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
+	"github.com/vz-shim/containerd-shim-vz/api/stdio"
+	"github.com/vz-shim/containerd-shim-vz/transport"
+)
+
+// fakeAgent accepts stdio streams as the agent does and hands them over.
+func fakeAgent(t *testing.T) (transport.Unix, chan net.Conn) {
+	t.Helper()
+	tr := transport.Unix{Dir: filepath.Join(t.TempDir(), "s")}
+	l, err := tr.Listen(agentapi.PortStdio)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	streams := make(chan net.Conn, 8)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if _, err := stdio.ReadHeader(c); err != nil {
+				t.Error(err)
+				return
+			}
+			stdio.WriteAck(c, nil)
+			streams <- c
+		}
+	}()
+	return tr, streams
+}
+
+func TestHostIOFifos(t *testing.T) {
+	tr, streams := fakeAgent(t)
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "in"), filepath.Join(dir, "out")
+	ctx := context.Background()
+	// containerd's side: it opens the FIFOs itself.
+	outR, err := fifo.OpenFifo(ctx, out, syscall.O_RDONLY|syscall.O_CREAT|syscall.O_NONBLOCK, 0o700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outR.Close()
+	inW, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_NONBLOCK, 0o700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := openIO(ctx, tr, "c", "ns", in, out, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.close()
+	if h.ids[0] == "" || h.ids[1] == "" || h.ids[2] != "" {
+		t.Fatalf("stream ids %q", h.ids)
+	}
+	stdinS, stdoutS := <-streams, <-streams
+
+	// stdin: the bytes, then EOF in band after them.
+	io.WriteString(inW, "to the guest")
+	inW.Close()
+	got, err := io.ReadAll(stdinS)
+	if err != nil || string(got) != "to the guest" {
+		t.Errorf("stdin stream carried %q, %v", got, err)
+	}
+
+	// stdout: what the guest sends reaches the FIFO, and wait returns
+	// after it.
+	io.WriteString(stdoutS, "from the guest")
+	stdoutS.(transport.Conn).CloseWrite()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	h.wait(wctx)
+	cancel()
+	b := make([]byte, 64)
+	n, _ := outR.Read(b)
+	if string(b[:n]) != "from the guest" {
+		t.Errorf("stdout FIFO got %q", b[:n])
+	}
+}
+
+func TestHostIOFileAndBinary(t *testing.T) {
+	tr, streams := fakeAgent(t)
+	dir := t.TempDir()
+	ctx := context.Background()
+
+	// file://: stdout and stderr append to one file.
+	logFile := filepath.Join(dir, "log")
+	h, err := openIO(ctx, tr, "c", "ns", "", "file://"+logFile, "file://"+logFile, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"out\n", "err\n"} {
+		c := <-streams
+		io.WriteString(c, s)
+		c.(transport.Conn).CloseWrite()
+		time.Sleep(50 * time.Millisecond) // keep the order of the two lines
+	}
+	h.wait(ctx)
+	h.close()
+	if b, _ := os.ReadFile(logFile); string(b) != "out\nerr\n" {
+		t.Errorf("log file %q", b)
+	}
+
+	// binary://: containerd's logging protocol (fds 3, 4 and 5).
+	script := filepath.Join(dir, "logger.sh")
+	outFile := filepath.Join(dir, "binary-out")
+	os.WriteFile(script, []byte("#!/bin/sh\nexec 5>&-\ncat <&3 > "+outFile+"\n"), 0o755)
+	h, err = openIO(ctx, tr, "c", "ns", "", "binary://"+script, "binary://"+script, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		c := <-streams
+		io.WriteString(c, "logged\n")
+		c.(transport.Conn).CloseWrite()
+	}
+	h.wait(ctx)
+	h.close()
+	if b, _ := os.ReadFile(outFile); !strings.Contains(string(b), "logged") {
+		t.Errorf("logging binary wrote %q", b)
+	}
+}

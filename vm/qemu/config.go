@@ -1,0 +1,340 @@
+//go:build linux
+
+package qemu
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/vz-shim/containerd-shim-vz/vm"
+)
+
+// Names of the files the backend keeps in vm.Config.StateDir.
+const (
+	// PidFile holds QEMU's pid. QEMU writes it itself (-pidfile), so its
+	// path is on QEMU's command line: Cleanup checks that before it kills.
+	// QEMU also locks it, so a second VM on the same StateDir fails to
+	// start instead of sharing it.
+	PidFile = "qemu.pid"
+	// LogFile receives QEMU's own stdout and stderr (bad arguments, device
+	// errors), not the guest console.
+	LogFile = "qemu.log"
+)
+
+// File descriptors QEMU inherits (cmd.ExtraFiles): the host ends of its QMP
+// and agent sockets are socketpairs, so there are no socket files to name,
+// clean up, or keep under the 108-byte sun_path limit, and nobody else can
+// connect to them.
+const (
+	qmpFD   = 3
+	agentFD = 4
+)
+
+// Limits used by validation.
+const (
+	maxCPUs      = 255
+	minMemoryMiB = 64
+	maxMemoryMiB = 1 << 20
+	maxDiskID    = 20 // virtio-blk serial
+	maxShareTag  = 31 // the 9p mount tag limit of older QEMUs
+	agentPort    = "agent"
+	agentPortDev = "agentport" // qdev id: QEMU reports VSERPORT_CHANGE by it
+	vhostVsock   = "/dev/vhost-vsock"
+)
+
+// validate checks cfg and returns a normalized copy: absolute paths and
+// defaults for Arch and Accel.
+func validate(cfg vm.Config) (vm.Config, error) {
+	if cfg.Arch == "" {
+		cfg.Arch = runtime.GOARCH
+	}
+	if cfg.Arch != "amd64" && cfg.Arch != "arm64" {
+		return cfg, invalid("arch %q: want amd64 or arm64", cfg.Arch)
+	}
+	switch cfg.Accel {
+	case "":
+		// TCG works everywhere; KVM is the caller's explicit choice
+		// (it is present but hangs on some hosts, see TESTING.md).
+		cfg.Accel = "tcg"
+	case "tcg":
+	case "kvm":
+		if cfg.Arch != runtime.GOARCH {
+			return cfg, invalid("accel kvm cannot run a %s guest on a %s host", cfg.Arch, runtime.GOARCH)
+		}
+	default:
+		return cfg, invalid("accel %q: want kvm or tcg", cfg.Accel)
+	}
+	if cfg.CPUs < 1 || cfg.CPUs > maxCPUs {
+		return cfg, invalid("cpus %d: want 1 to %d", cfg.CPUs, maxCPUs)
+	}
+	if cfg.MemoryMiB < minMemoryMiB || cfg.MemoryMiB > maxMemoryMiB {
+		return cfg, invalid("memory %d MiB: want %d to %d", cfg.MemoryMiB, minMemoryMiB, maxMemoryMiB)
+	}
+
+	var err error
+	if cfg.Kernel, err = readableFile("kernel", cfg.Kernel); err != nil {
+		return cfg, err
+	}
+	if cfg.Initrd, err = readableFile("initrd", cfg.Initrd); err != nil {
+		return cfg, err
+	}
+	if cfg.StateDir == "" {
+		return cfg, invalid("state dir not set")
+	}
+	if cfg.StateDir, err = filepath.Abs(cfg.StateDir); err != nil {
+		return cfg, invalid("state dir: %v", err)
+	}
+	if fi, err := os.Stat(cfg.StateDir); err != nil || !fi.IsDir() {
+		return cfg, invalid("state dir %s is not a directory", cfg.StateDir)
+	}
+	if cfg.ConsoleLog != "" {
+		if cfg.ConsoleLog, err = filepath.Abs(cfg.ConsoleLog); err != nil {
+			return cfg, invalid("console log: %v", err)
+		}
+	}
+
+	// Copy the slices: we rewrite paths and must not touch the caller's.
+	disks := make([]vm.Disk, len(cfg.Disks))
+	ids := make(map[string]bool, len(cfg.Disks))
+	for i, d := range cfg.Disks {
+		if err := checkToken(d.ID, maxDiskID); err != nil {
+			return cfg, invalid("disk %d: id %q: %v", i, d.ID, err)
+		}
+		if ids[d.ID] {
+			return cfg, invalid("disk %d: duplicate id %q", i, d.ID)
+		}
+		ids[d.ID] = true
+		if d.Path, err = filepath.Abs(d.Path); err != nil {
+			return cfg, invalid("disk %q: %v", d.ID, err)
+		}
+		fi, err := os.Stat(d.Path)
+		if err != nil {
+			return cfg, fmt.Errorf("qemu: disk %q: %w: %w", d.ID, err, errdefs.ErrInvalidArgument)
+		}
+		if !fi.Mode().IsRegular() && fi.Mode()&os.ModeDevice == 0 {
+			return cfg, invalid("disk %q: %s is neither a file nor a block device", d.ID, d.Path)
+		}
+		disks[i] = d
+	}
+	cfg.Disks = disks
+
+	shares := make([]vm.Share, len(cfg.Shares))
+	tags := make(map[string]bool, len(cfg.Shares))
+	for i, s := range cfg.Shares {
+		if err := checkToken(s.Tag, maxShareTag); err != nil {
+			return cfg, invalid("share %d: tag %q: %v", i, s.Tag, err)
+		}
+		if tags[s.Tag] {
+			return cfg, invalid("share %d: duplicate tag %q", i, s.Tag)
+		}
+		tags[s.Tag] = true
+		if s.Path, err = filepath.Abs(s.Path); err != nil {
+			return cfg, invalid("share %q: %v", s.Tag, err)
+		}
+		if fi, err := os.Stat(s.Path); err != nil || !fi.IsDir() {
+			return cfg, invalid("share %q: %s is not a directory", s.Tag, s.Path)
+		}
+		shares[i] = s
+	}
+	cfg.Shares = shares
+	if max := MaxDisks(cfg); len(cfg.Disks) > max {
+		return cfg, invalid("%d disks: this VM takes at most %d", len(cfg.Disks), max)
+	}
+	cfg.KernelArgs = append([]string(nil), cfg.KernelArgs...)
+	return cfg, nil
+}
+
+// MaxDisks is how many disks a VM like cfg takes. Every device has a slot
+// of its own on the root PCI bus, which has 30 free slots on q35 (amd64) and
+// 31 on virt (arm64); the entropy and agent devices, the NIC and each share
+// take one.
+func MaxDisks(cfg vm.Config) int {
+	free := 30
+	if cfg.Arch == "arm64" {
+		free = 31
+	}
+	n := free - 2 - len(cfg.Shares) // virtio-rng, virtio-serial or vhost-vsock
+	if cfg.Network {
+		n--
+	}
+	return max(n, 0)
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("qemu: "+format+": %w", append(args, errdefs.ErrInvalidArgument)...)
+}
+
+// readableFile checks that path names a regular file we can open, and
+// returns it absolute. The error names the path.
+func readableFile(what, path string) (string, error) {
+	if path == "" {
+		return "", invalid("%s not set", what)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", invalid("%s %s: %v", what, path, err)
+	}
+	f, err := os.Open(abs)
+	if err != nil {
+		// The *PathError names the path; keep it for errors.Is(fs.ErrNotExist).
+		return "", fmt.Errorf("qemu: %s: %w: %w", what, err, errdefs.ErrInvalidArgument)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("qemu: %s: %w: %w", what, err, errdefs.ErrInvalidArgument)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", invalid("%s %s is not a regular file", what, abs)
+	}
+	return abs, nil
+}
+
+// checkToken accepts the printable ASCII the guest sees verbatim (disk
+// serial, mount tag): no spaces, and no commas, which QEMU's option parser
+// would split on.
+func checkToken(s string, max int) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("empty")
+	case len(s) > max:
+		return fmt.Errorf("longer than %d characters", max)
+	}
+	for _, r := range s {
+		if r <= ' ' || r > '~' || r == ',' {
+			return fmt.Errorf("character %q not allowed", r)
+		}
+	}
+	return nil
+}
+
+// transportArgs says how the agent is reached.
+type transportArgs struct {
+	// vsock selects vhost-vsock-pci with cid; otherwise the agent is on a
+	// virtserialport whose host end is fd agentFD.
+	vsock bool
+	cid   uint32
+}
+
+// qemuBinary is the QEMU system emulator for arch.
+func qemuBinary(arch string) string {
+	if arch == "arm64" {
+		return "qemu-system-aarch64"
+	}
+	return "qemu-system-x86_64"
+}
+
+// buildArgs returns QEMU's argv (without the binary) for a validated cfg.
+// The machine starts paused (-S): Start connects to it before the guest
+// runs, so the guest never finds the agent port unconnected (it would read
+// end-of-file at once).
+func buildArgs(cfg vm.Config, t transportArgs) []string {
+	cpu := "max"
+	if cfg.Accel == "kvm" {
+		cpu = "host"
+	}
+	machine := "q35,accel=" + cfg.Accel
+	console := "ttyS0"
+	if cfg.Arch == "arm64" {
+		// gic-version=max: GICv2 stops at 8 vCPUs.
+		machine = "virt,accel=" + cfg.Accel + ",gic-version=max"
+		console = "ttyAMA0"
+	}
+	a := []string{
+		"-S",
+		"-M", machine,
+		"-cpu", cpu,
+		"-nodefaults", "-no-user-config",
+		"-display", "none",
+		// A guest reboot (panic=-1 turns a panic into one) ends QEMU.
+		"-no-reboot",
+		// QEMU runs as root with a guest-facing attack surface.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+	}
+	if cfg.ID != "" {
+		a = append(a, "-name", "guest=vz-"+optEscape(cfg.ID))
+	}
+	a = append(a,
+		"-smp", strconv.Itoa(cfg.CPUs),
+		"-m", strconv.Itoa(cfg.MemoryMiB)+"M",
+		"-kernel", cfg.Kernel,
+		"-initrd", cfg.Initrd,
+		"-pidfile", filepath.Join(cfg.StateDir, PidFile),
+		"-chardev", fmt.Sprintf("socket,id=qmp,fd=%d", qmpFD),
+		"-mon", "chardev=qmp,mode=control",
+	)
+	if cfg.ConsoleLog != "" {
+		// append=on: a log the caller kept from an earlier boot stays.
+		a = append(a, "-chardev", "file,id=console,path="+optEscape(cfg.ConsoleLog)+",append=on")
+	} else {
+		a = append(a, "-chardev", "null,id=console")
+	}
+	a = append(a, "-serial", "chardev:console")
+
+	// "quiet" keeps the emulated UART (slow under TCG) for what matters:
+	// warnings, panics, and the agent's own log. KernelArgs come last, so
+	// "loglevel=7" there brings the full boot log back.
+	cmdline := []string{"console=" + console, "panic=-1", "quiet"}
+	if t.vsock {
+		a = append(a, "-device", fmt.Sprintf("vhost-vsock-pci,guest-cid=%d", t.cid))
+		cmdline = append(cmdline, "vz.transport=vsock")
+	} else {
+		a = append(a,
+			"-device", "virtio-serial-pci,id=vser0",
+			"-chardev", fmt.Sprintf("socket,id=agent,fd=%d", agentFD),
+			"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+agentPort+",id="+agentPortDev,
+		)
+		cmdline = append(cmdline, "vz.transport=serial", "vz.port="+agentPort)
+	}
+	cmdline = append(cmdline, cfg.KernelArgs...)
+	a = append(a, "-append", strings.Join(cmdline, " "))
+
+	a = append(a, "-device", "virtio-rng-pci")
+	for i, d := range cfg.Disks {
+		drive := fmt.Sprintf("file=%s,format=raw,if=none,id=drive%d,cache=writeback,aio=threads", optEscape(d.Path), i)
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		} else {
+			// Let the guest's discards punch holes in sparse images.
+			drive += ",discard=unmap"
+		}
+		a = append(a,
+			"-drive", drive,
+			"-device", fmt.Sprintf("virtio-blk-pci,drive=drive%d,id=disk%d,serial=%s", i, i, d.ID),
+		)
+	}
+	for i, s := range cfg.Shares {
+		// security_model=none: ownership and modes are the host's (real
+		// chown as root), and failures to set them are ignored when not
+		// root. multidevs=remap: a tree spanning several host file
+		// systems (overlayfs) keeps unique inode numbers.
+		fsdev := fmt.Sprintf("local,id=fs%d,path=%s,security_model=none,multidevs=remap", i, optEscape(s.Path))
+		if s.ReadOnly {
+			fsdev += ",readonly=on"
+		}
+		a = append(a,
+			"-fsdev", fsdev,
+			"-device", fmt.Sprintf("virtio-9p-pci,fsdev=fs%d,mount_tag=%s", i, s.Tag),
+		)
+	}
+	if cfg.Network {
+		// romfile=: no iPXE option ROM; we boot the kernel directly.
+		a = append(a,
+			"-netdev", "user,id=net0",
+			"-device", "virtio-net-pci,netdev=net0,romfile=",
+		)
+	}
+	return a
+}
+
+// optEscape escapes a value for QEMU's option parser, which splits on
+// commas and reads ",," as a literal comma.
+func optEscape(s string) string {
+	return strings.ReplaceAll(s, ",", ",,")
+}

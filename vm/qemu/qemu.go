@@ -1,0 +1,583 @@
+//go:build linux
+
+// Package qemu runs a micro-VM with QEMU (vm.Machine on Linux hosts).
+//
+// QEMU boots the kernel and initramfs directly. The shim talks to it over two
+// socketpairs it inherits: QMP (pause, resume, quit, and events: why the
+// guest stopped, when the agent opened its port) and, without
+// /dev/vhost-vsock, the host end of a virtio-serial port that carries a
+// transport.Mux to the agent. With /dev/vhost-vsock the agent is reached
+// over AF_VSOCK instead.
+//
+// StateDir holds only PidFile (written and locked by QEMU) and LogFile
+// (QEMU's own stderr); Stop removes both, Cleanup does the same for a VM a
+// dead shim left behind. The console log belongs to the caller.
+package qemu
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/vz-shim/containerd-shim-vz/transport"
+	"github.com/vz-shim/containerd-shim-vz/vm"
+)
+
+// Timeouts for QEMU itself, not for the guest.
+const (
+	// startTimeout bounds QEMU's start-up (until QMP answers) when the
+	// caller's ctx does not.
+	startTimeout = 30 * time.Second
+	// quitTimeout bounds Stop's wait for QEMU to obey "quit" when ctx
+	// does not: QEMU quits at once unless it is wedged.
+	quitTimeout = 10 * time.Second
+	// killTimeout bounds the wait for QEMU to exit after SIGKILL.
+	killTimeout = 5 * time.Second
+	// drainTimeout bounds the wait, after QEMU exited, for the last QMP
+	// events (the SHUTDOWN reason) already in the socket.
+	drainTimeout = 500 * time.Millisecond
+	// tailBytes is how much of QEMU's stderr goes into errors.
+	tailBytes = 2048
+)
+
+// Option changes how New sets up the machine.
+type Option func(*options)
+
+type options struct {
+	vsock  *bool
+	binary string
+}
+
+// WithVsock overrides the detection of /dev/vhost-vsock: true gives the VM a
+// vhost-vsock-pci device, false the virtio-serial multiplexer.
+func WithVsock(enabled bool) Option {
+	return func(o *options) { o.vsock = &enabled }
+}
+
+// WithBinary runs path instead of qemu-system-x86_64 or qemu-system-aarch64
+// from PATH. A wrapper script must exec QEMU: signals go to its pid alone.
+func WithBinary(path string) Option {
+	return func(o *options) { o.binary = path }
+}
+
+// Machine is a QEMU micro-VM. It implements vm.Machine.
+type Machine struct {
+	cfg    vm.Config
+	vsock  bool
+	cid    uint32
+	binary string
+	args   []string
+	log    *log.Entry
+
+	// lifecycle serializes Start and Stop; mu guards the fields below
+	// and is never held while waiting.
+	lifecycle sync.Mutex
+	mu        sync.Mutex
+	started   bool
+	stopping  bool  // Stop was called
+	killed    bool  // we sent SIGKILL ...
+	killErr   error // ... and this is Err then (nil from Stop)
+	cmd       *exec.Cmd
+	qmp       *qmpClient
+	agent     net.Conn       // host end of the agent's virtio-serial port
+	mux       *transport.Mux // over agent, from when the guest opened the port
+	reason    string         // reason of QEMU's SHUTDOWN event
+
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+var _ vm.Machine = (*Machine)(nil)
+
+// New validates cfg and returns a machine that is not started yet. Errors
+// are errdefs.ErrInvalidArgument and name the offending path or value.
+// ctx carries the logger the machine keeps using.
+func New(ctx context.Context, cfg vm.Config, opts ...Option) (*Machine, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	cfg, err := validate(cfg)
+	if err != nil {
+		return nil, err
+	}
+	m := &Machine{
+		cfg:    cfg,
+		binary: o.binary,
+		log:    log.G(ctx).WithField("vm", cfg.ID),
+		done:   make(chan struct{}),
+	}
+	if m.binary == "" {
+		m.binary = qemuBinary(cfg.Arch)
+	}
+	if o.vsock != nil {
+		m.vsock = *o.vsock
+	} else {
+		m.vsock = unix.Access(vhostVsock, unix.R_OK|unix.W_OK) == nil
+	}
+	if m.vsock {
+		// A random CID instead of a registry shared between shims: a
+		// collision (odds ~n/2^32) fails Start with "Address already in
+		// use" in the error.
+		if m.cid, err = randomCID(); err != nil {
+			return nil, err
+		}
+	}
+	m.args = buildArgs(cfg, transportArgs{vsock: m.vsock, cid: m.cid})
+	return m, nil
+}
+
+func randomCID() (uint32, error) {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return 0, fmt.Errorf("qemu: vsock cid: %w", err)
+	}
+	// 0-2 are reserved, 0xffffffff is VMADDR_CID_ANY.
+	return 3 + binary.LittleEndian.Uint32(b[:])%(0xffffffff-3), nil
+}
+
+// Command is QEMU's argv. Start runs it with the QMP socket as fd 3 and, on
+// the serial transport, the agent's socket as fd 4.
+func (m *Machine) Command() []string {
+	return append([]string{m.binary}, m.args...)
+}
+
+// CID is the guest's vsock context ID, 0 on the serial transport.
+func (m *Machine) CID() uint32 { return m.cid }
+
+// Start launches QEMU and lets the guest run. It returns once QEMU answers
+// on QMP; the agent is not up yet. If QEMU fails to start, the error holds
+// the tail of its stderr and of the console log, and the machine is done.
+func (m *Machine) Start(ctx context.Context) error {
+	m.lifecycle.Lock()
+	defer m.lifecycle.Unlock()
+	m.mu.Lock()
+	started, stopping := m.started, m.stopping
+	m.started = true
+	m.mu.Unlock()
+	if started {
+		return fmt.Errorf("qemu: vm %s: already started: %w", m.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
+	if stopping {
+		return fmt.Errorf("qemu: vm %s: stopped: %w", m.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, startTimeout)
+		defer cancel()
+	}
+
+	if err := m.launch(); err != nil {
+		m.mu.Lock()
+		m.err = err
+		m.mu.Unlock()
+		close(m.done)
+		m.closeConns()
+		m.removeFiles()
+		return err
+	}
+	err := m.qmp.handshake(ctx)
+	if err == nil {
+		_, err = m.qmp.execute(ctx, "cont", nil)
+	}
+	if err != nil {
+		err = m.startError(err)
+		m.kill(err)
+		return err
+	}
+	return nil
+}
+
+// launch starts QEMU, paused, with its sockets and log.
+func (m *Machine) launch() error {
+	bin, err := exec.LookPath(m.binary)
+	if err != nil {
+		return fmt.Errorf("qemu: %w: %w", err, errdefs.ErrNotFound)
+	}
+	logf, err := os.OpenFile(filepath.Join(m.cfg.StateDir, LogFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("qemu: %w", err)
+	}
+	defer logf.Close()
+
+	// QEMU's ends of the sockets: closed here once it has them, so that
+	// ours read end-of-file when it dies.
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	qmpConn, qmpFile, err := socketPair("qmp")
+	if err != nil {
+		return err
+	}
+	files = append(files, qmpFile)
+	var agentConn net.Conn
+	if !m.vsock {
+		c, f, err := socketPair("agent")
+		if err != nil {
+			qmpConn.Close()
+			return err
+		}
+		files = append(files, f)
+		agentConn = c
+	}
+
+	cmd := exec.Command(bin, m.args...)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.ExtraFiles = files // fd 3 (qmpFD), fd 4 (agentFD)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// Own process group: signals meant for the shim's group (a
+		// terminal's ^C) do not reach QEMU; we stop it ourselves.
+		Setpgid: true,
+		// A shim that dies without Stop must not leave the VM running.
+		Pdeathsig: syscall.SIGKILL,
+	}
+	m.mu.Lock()
+	m.cmd = cmd
+	m.agent = agentConn
+	m.qmp = newQMP(qmpConn, m.onEvent)
+	m.mu.Unlock()
+
+	started := make(chan error, 1)
+	go m.run(cmd, started)
+	if err := <-started; err != nil {
+		return fmt.Errorf("qemu: starting %s: %w", bin, err)
+	}
+	m.log.WithField("pid", cmd.Process.Pid).Debug("qemu started")
+	return nil
+}
+
+// startError explains a failed start: if QEMU exited, its exit status and
+// stderr say why; the console's tail follows.
+func (m *Machine) startError(err error) error {
+	select {
+	case <-m.done:
+		err = m.Err()
+	case <-time.After(drainTimeout):
+		// QMP failed (or ctx ended) while QEMU still runs.
+	}
+	err = fmt.Errorf("qemu: vm %s did not start: %w", m.cfg.ID, err)
+	if tail := logTail(m.cfg.ConsoleLog, tailBytes); tail != "" {
+		err = fmt.Errorf("%w\nconsole (%s):\n%s", err, m.cfg.ConsoleLog, tail)
+	}
+	return err
+}
+
+// run starts QEMU and waits for it. Pdeathsig fires when the thread that
+// forked the child exits, not the process; the runtime retires a thread
+// whose goroutine exits while locked to it. So this goroutine holds its
+// thread, which no other goroutine can then use or retire, until QEMU
+// has exited.
+func (m *Machine) run(cmd *exec.Cmd, started chan<- error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := cmd.Start(); err != nil {
+		started <- err
+		return
+	}
+	started <- nil
+	waitErr := cmd.Wait()
+
+	// The SHUTDOWN event that says why QEMU quit is written before it
+	// exits; let the reader drain the socket.
+	select {
+	case <-m.qmp.done:
+	case <-time.After(drainTimeout):
+	}
+	m.mu.Lock()
+	err, reason := m.exitError(waitErr), m.reason
+	m.err = err
+	m.mu.Unlock()
+	close(m.done)
+	m.log.WithError(err).WithField("reason", reason).Debug("qemu exited")
+}
+
+// exitError maps how QEMU ended to Err. Called with mu held.
+func (m *Machine) exitError(waitErr error) error {
+	var ee *exec.ExitError
+	if waitErr != nil && !errors.As(waitErr, &ee) {
+		return fmt.Errorf("qemu: waiting for pid %d: %w", m.cmd.Process.Pid, waitErr)
+	}
+	if waitErr != nil {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL && m.killed {
+			return m.killErr // we killed it, and said why
+		}
+		err := fmt.Errorf("qemu: pid %d %v", m.cmd.Process.Pid, waitErr)
+		if tail := logTail(filepath.Join(m.cfg.StateDir, LogFile), tailBytes); tail != "" {
+			err = fmt.Errorf("%w: %s", err, tail)
+		}
+		return err
+	}
+	switch m.reason {
+	case "", "guest-shutdown", "host-qmp-quit":
+		// Powered off, or quit over QMP (by Stop, or someone we trust
+		// as much: only we hold the QMP socket).
+		return nil
+	case "guest-reset":
+		return errors.New("qemu: the guest rebooted: kernel panic, or its init exited (QEMU runs with -no-reboot)")
+	case "guest-panic":
+		return errors.New("qemu: the guest kernel panicked")
+	default:
+		return fmt.Errorf("qemu: stopped: %s", m.reason)
+	}
+}
+
+// onEvent runs on the QMP reader goroutine.
+func (m *Machine) onEvent(ev qmpEvent) {
+	switch ev.Event {
+	case "SHUTDOWN":
+		var d struct {
+			Reason string `json:"reason"`
+		}
+		_ = json.Unmarshal(ev.Data, &d)
+		m.mu.Lock()
+		m.reason = d.Reason
+		m.mu.Unlock()
+		m.log.WithField("reason", d.Reason).Debug("qemu: shutdown")
+	case "VSERPORT_CHANGE":
+		var d struct {
+			ID   string `json:"id"`
+			Open bool   `json:"open"`
+		}
+		if json.Unmarshal(ev.Data, &d) != nil || d.ID != agentPortDev {
+			return
+		}
+		m.agentPortChanged(d.Open)
+	case "STOP", "RESUME":
+		m.log.Debugf("qemu: %s", ev.Event)
+	}
+}
+
+// agentPortChanged starts the mux when the agent opens its end of the port.
+// The mux must not run earlier: its keepalive would time out against a
+// guest that is still booting, and a dead session cannot be restarted.
+func (m *Machine) agentPortChanged(open bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.agent == nil {
+		return
+	}
+	if !open {
+		// The agent closed the port: it is gone (or the guest is
+		// powering off). Closing the byte stream under the mux fails
+		// its streams now, with ErrPeerGone, rather than after a
+		// keepalive timeout.
+		m.log.Debug("qemu: the guest closed the agent port")
+		m.agent.Close()
+		return
+	}
+	if m.mux != nil {
+		m.log.Warn("qemu: the guest reopened the agent port; not supported")
+		return
+	}
+	mux, err := transport.NewMux(log.WithLogger(context.Background(), m.log), m.agent, false)
+	if err != nil {
+		m.log.WithError(err).Error("qemu: starting the agent mux")
+		return
+	}
+	m.mux = mux
+	m.log.Debug("qemu: agent port open")
+}
+
+// Dial opens a stream to port of the guest. Until the agent's transport is
+// up it fails with errdefs.ErrUnavailable (serial: the agent has not opened
+// its port yet) or errdefs.ErrNotFound (nothing listens on port yet); see
+// vm.DialRetry.
+func (m *Machine) Dial(ctx context.Context, port uint32) (transport.Conn, error) {
+	m.mu.Lock()
+	started, mux := m.started, m.mux
+	m.mu.Unlock()
+	if !started {
+		return nil, fmt.Errorf("qemu: dial port %d: vm not started: %w", port, errdefs.ErrFailedPrecondition)
+	}
+	select {
+	case <-m.done:
+		return nil, fmt.Errorf("qemu: dial port %d: vm stopped: %w", port, errdefs.ErrUnavailable)
+	default:
+	}
+	if m.vsock {
+		c, err := transport.Vsock{CID: m.cid}.Dial(ctx, port)
+		if err != nil && errors.Is(err, unix.ETIMEDOUT) {
+			// The guest has no vsock driver yet: nobody answered.
+			return nil, fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
+		}
+		return c, err
+	}
+	if mux == nil {
+		return nil, fmt.Errorf("qemu: dial port %d: the guest agent has not opened its port yet: %w", port, errdefs.ErrUnavailable)
+	}
+	return mux.Dial(ctx, port)
+}
+
+// Done is closed the moment QEMU has exited.
+func (m *Machine) Done() <-chan struct{} { return m.done }
+
+// Err says why QEMU exited, once Done is closed: nil after a guest
+// power-off or Stop; otherwise QEMU's exit status or signal and the tail of
+// its stderr, or the guest's reboot or panic. The console log's tail is the
+// caller's to add.
+func (m *Machine) Err() error {
+	select {
+	case <-m.done:
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.err
+	default:
+		return nil
+	}
+}
+
+// Pause freezes the guest's vCPUs (QMP stop).
+func (m *Machine) Pause(ctx context.Context) error {
+	return m.command(ctx, "stop")
+}
+
+// Resume thaws them (QMP cont).
+func (m *Machine) Resume(ctx context.Context) error {
+	return m.command(ctx, "cont")
+}
+
+func (m *Machine) command(ctx context.Context, cmd string) error {
+	m.mu.Lock()
+	q := m.qmp
+	m.mu.Unlock()
+	if q == nil {
+		return fmt.Errorf("qemu: %s: vm not started: %w", cmd, errdefs.ErrFailedPrecondition)
+	}
+	select {
+	case <-m.done:
+		return fmt.Errorf("qemu: %s: vm stopped: %w", cmd, errdefs.ErrFailedPrecondition)
+	default:
+	}
+	if _, err := q.execute(ctx, cmd, nil); err != nil {
+		return fmt.Errorf("qemu: vm %s: %w", m.cfg.ID, err)
+	}
+	return nil
+}
+
+// Stop makes QEMU quit (QMP quit), waits for it until ctx ends (at most
+// quitTimeout), then kills it, and removes its files from StateDir. It does
+// not give the guest a chance to sync its disks: shut the guest down
+// through the agent first, and use Stop to end QEMU. Stop is idempotent
+// and safe after QEMU died; call it then too, for the files.
+func (m *Machine) Stop(ctx context.Context) error {
+	m.lifecycle.Lock()
+	defer m.lifecycle.Unlock()
+	m.mu.Lock()
+	m.stopping = true
+	started, q := m.started, m.qmp
+	m.mu.Unlock()
+	if !started {
+		return m.removeFiles()
+	}
+	select {
+	case <-m.done:
+	default:
+		qctx, cancel := context.WithTimeout(ctx, quitTimeout)
+		defer cancel()
+		if _, err := q.execute(qctx, "quit", nil); err != nil {
+			m.log.WithError(err).Debug("qemu: quit")
+		}
+		select {
+		case <-m.done:
+		case <-qctx.Done():
+			m.log.Warn("qemu: did not quit in time, killing it")
+		}
+	}
+	return m.kill(nil)
+}
+
+// kill kills QEMU if it still runs (Err is then why), waits for its exit,
+// and releases everything the machine holds.
+func (m *Machine) kill(why error) error {
+	m.mu.Lock()
+	cmd := m.cmd
+	m.mu.Unlock()
+	select {
+	case <-m.done:
+	default:
+		m.mu.Lock()
+		m.killed, m.killErr = true, why
+		m.mu.Unlock()
+		// Through the process's pidfd: once Wait has reaped QEMU this is
+		// a no-op, never a signal to whoever got its pid since.
+		_ = cmd.Process.Kill()
+		select {
+		case <-m.done:
+		case <-time.After(killTimeout):
+			return fmt.Errorf("qemu: pid %d did not exit after SIGKILL", cmd.Process.Pid)
+		}
+	}
+	m.closeConns()
+	return m.removeFiles()
+}
+
+func (m *Machine) closeConns() {
+	m.mu.Lock()
+	mux, agent, q := m.mux, m.agent, m.qmp
+	m.mu.Unlock()
+	if mux != nil {
+		mux.Close() // closes agent
+	} else if agent != nil {
+		agent.Close()
+	}
+	if q != nil {
+		q.close()
+	}
+}
+
+// removeFiles removes what QEMU made in StateDir. The console log stays.
+func (m *Machine) removeFiles() error {
+	var errs []error
+	for _, name := range []string{PidFile, LogFile} {
+		if err := os.Remove(filepath.Join(m.cfg.StateDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("qemu: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Pid is QEMU's process id, 0 before Start.
+func (m *Machine) Pid() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd == nil || m.cmd.Process == nil {
+		return 0
+	}
+	return m.cmd.Process.Pid
+}
+
+// socketPair returns our end of a unix stream socketpair as a net.Conn and
+// QEMU's end as a file to pass it.
+func socketPair(name string) (net.Conn, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("qemu: %s socketpair: %w", name, err)
+	}
+	local := os.NewFile(uintptr(fds[0]), name)
+	defer local.Close() // FileConn dups it
+	conn, err := net.FileConn(local)
+	if err != nil {
+		unix.Close(fds[1])
+		return nil, nil, fmt.Errorf("qemu: %s socketpair: %w", name, err)
+	}
+	return conn, os.NewFile(uintptr(fds[1]), name+"-qemu"), nil
+}

@@ -1,0 +1,82 @@
+// Package vm is the interface between the shim and the virtual machine
+// monitors that run a task's micro-VM: Virtualization.framework on macOS
+// (vm/vz) and QEMU on Linux (vm/qemu). Everything above this package is the
+// same on every backend.
+package vm
+
+import (
+	"context"
+
+	"github.com/vz-shim/containerd-shim-vz/transport"
+)
+
+// Config describes one micro-VM. Paths are host paths.
+type Config struct {
+	// ID names the VM (the task id); it appears in logs and process names.
+	ID string
+	// Kernel and Initrd are booted directly, without firmware.
+	Kernel string
+	Initrd string
+	// KernelArgs are added to the command line the backend builds itself
+	// (console, transport, panic behaviour).
+	KernelArgs []string
+	// Arch is the guest architecture: "amd64" or "arm64".
+	Arch string
+	// CPUs and MemoryMiB size the VM.
+	CPUs      int
+	MemoryMiB int
+	// Disks become virtio-blk devices, in order.
+	Disks []Disk
+	// Shares are host directories the guest mounts (virtio-fs or 9p).
+	Shares []Share
+	// Network gives the VM one NIC with NAT / user networking.
+	Network bool
+	// ConsoleLog receives the guest's console output.
+	ConsoleLog string
+	// StateDir holds the backend's own files (sockets, pid file). It must
+	// exist; the backend removes what it made there when the VM is gone.
+	StateDir string
+	// Accel is the QEMU accelerator ("kvm" or "tcg"); other backends
+	// ignore it.
+	Accel string
+}
+
+// Disk is a raw disk image attached as virtio-blk.
+type Disk struct {
+	// ID is how the guest finds the disk: the virtio-blk serial (QEMU) or
+	// the block device identifier (VZ), at most 20 ASCII characters.
+	ID       string
+	Path     string
+	ReadOnly bool
+}
+
+// Share is a host directory shared into the guest under Tag.
+type Share struct {
+	Tag      string
+	Path     string
+	ReadOnly bool
+}
+
+// Machine is a running (or stopped) VM.
+type Machine interface {
+	// Start boots the VM and returns once the VMM runs it; the agent is
+	// not up yet (Dial until it answers).
+	Start(ctx context.Context) error
+	// Dial opens a stream to a port of the guest (the agent's ports).
+	transport.Dialer
+	// Done is closed once the VM has stopped, for whatever reason.
+	Done() <-chan struct{}
+	// Err tells why the VM stopped (nil for a clean power-off); it is only
+	// meaningful after Done is closed.
+	Err() error
+	// Pause and Resume freeze and thaw the whole VM.
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// Stop asks the VM to power off, waits until it did or ctx ends, and
+	// then forces it off. It returns once the VMM is gone and its files in
+	// StateDir are removed.
+	Stop(ctx context.Context) error
+	// Pid is the VMM's process id on the host, or 0 when the VM runs in
+	// the shim's own process (VZ).
+	Pid() int
+}
