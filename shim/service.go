@@ -456,6 +456,21 @@ func (s *service) vmDeadExit(ctx context.Context, t *vmTask, p *hostProcess, at 
 	})
 }
 
+// forward sends one call to the agent of task id; errors come back in
+// their errdefs classes.
+func forward[R any](s *service, id string, call func(agent taskAPI.TTRPCTaskService) (R, error)) (R, error) {
+	var none R
+	t, err := s.task(id)
+	if err != nil {
+		return none, errgrpc.ToGRPC(err)
+	}
+	resp, err := call(t.agent)
+	if err != nil {
+		return none, errgrpc.ToGRPC(t.agentErr(err))
+	}
+	return resp, nil
+}
+
 func (s *service) publish(ctx context.Context, topic string, ev any) {
 	if err := s.publisher.Publish(ctx, topic, ev); err != nil {
 		log.G(ctx).WithError(err).WithField("topic", topic).Warn("publishing event")
@@ -691,55 +706,29 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 }
 
 func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	resp, err := t.agent.Pids(ctx, r)
-	return resp, errgrpc.ToGRPC(t.agentErr(err))
+	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*taskAPI.PidsResponse, error) { return a.Pids(ctx, r) })
 }
 
 func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	resp, err := t.agent.Pause(ctx, r)
-	return resp, errgrpc.ToGRPC(t.agentErr(err))
+	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Pause(ctx, r) })
 }
 
 func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	resp, err := t.agent.Resume(ctx, r)
-	return resp, errgrpc.ToGRPC(t.agentErr(err))
+	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Resume(ctx, r) })
 }
 
 func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
 	return nil, errgrpc.ToGRPC(fmt.Errorf("checkpointing a VM task: %w", errdefs.ErrNotImplemented))
 }
 
+// Kill of a task whose VM died finds the process finished, like the runc
+// shim for a process that exited (agentErr).
 func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	if t.vmDead() {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("process already finished: %w", errdefs.ErrNotFound))
-	}
-	resp, err := t.agent.Kill(ctx, r)
-	return resp, errgrpc.ToGRPC(t.agentErr(err))
+	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Kill(ctx, r) })
 }
 
 func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	resp, err := t.agent.ResizePty(ctx, r)
-	return resp, errgrpc.ToGRPC(t.agentErr(err))
+	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.ResizePty(ctx, r) })
 }
 
 // CloseIO ends stdin after the bytes already sent: the copy to the guest
@@ -760,21 +749,11 @@ func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*empt
 }
 
 func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	resp, err := t.agent.Update(ctx, r)
-	return resp, errgrpc.ToGRPC(t.agentErr(err))
+	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Update(ctx, r) })
 }
 
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	resp, err := t.agent.Stats(ctx, r)
-	return resp, errgrpc.ToGRPC(t.agentErr(err))
+	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*taskAPI.StatsResponse, error) { return a.Stats(ctx, r) })
 }
 
 func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {

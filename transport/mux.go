@@ -90,8 +90,22 @@ const (
 // Close or until rwc fails. The Mux owns rwc and closes it; closing rwc
 // must unblock a pending Read (true of net.Conn and of an *os.File the
 // runtime poller handles, such as a virtio-serial port), or Close hangs.
-func NewMux(ctx context.Context, rwc io.ReadWriteCloser, server bool) (*Mux, error) {
-	return newMux(ctx, rwc, server, nil)
+func NewMux(ctx context.Context, rwc io.ReadWriteCloser, server bool, opts ...MuxOption) (*Mux, error) {
+	return newMux(ctx, rwc, server, func(c *yamux.Config) {
+		for _, o := range opts {
+			o(c)
+		}
+	})
+}
+
+// MuxOption adjusts a Mux.
+type MuxOption func(*yamux.Config)
+
+// WithoutKeepAlive stops this side from pinging its peer. It is for the
+// host side of a VM: a paused guest cannot answer pings, and the VMM tells
+// of a dead guest anyway (process exit, port closed).
+func WithoutKeepAlive() MuxOption {
+	return func(c *yamux.Config) { c.EnableKeepAlive = false }
 }
 
 // newMux lets tests shrink the timeouts.

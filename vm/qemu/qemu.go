@@ -388,7 +388,9 @@ func (m *Machine) agentPortChanged(open bool) {
 		m.log.Warn("qemu: the guest reopened the agent port; not supported")
 		return
 	}
-	mux, err := transport.NewMux(log.WithLogger(context.Background(), m.log), m.agent, false)
+	// No keepalive from the host: a paused guest cannot answer it, and
+	// QEMU's exit or the port's closing tell of a dead guest.
+	mux, err := transport.NewMux(log.WithLogger(context.Background(), m.log), m.agent, false, transport.WithoutKeepAlive())
 	if err != nil {
 		m.log.WithError(err).Error("qemu: starting the agent mux")
 		return
