@@ -21,8 +21,9 @@ import (
 // Kernel is what the guest takes from a Debian kernel package.
 type Kernel struct {
 	Release string // uname -r: "6.1.0-56-amd64"
-	// Image boots by direct kernel boot: a bzImage on amd64, an
-	// uncompressed Image on arm64 (VZ cannot boot a compressed one).
+	// Image boots by direct kernel boot: on amd64 the uncompressed ELF
+	// vmlinux with a PVH entry (or the bzImage if it has none), on arm64 an
+	// uncompressed Image (VZ cannot boot a compressed one).
 	Image []byte
 	// Modules are the module files the guest needs, in load order.
 	Modules []ModuleFile
@@ -359,6 +360,11 @@ func bootImage(arch string, img []byte) ([]byte, error) {
 		// The x86 boot protocol's header.
 		if len(img) < 0x206 || string(img[0x202:0x206]) != "HdrS" {
 			return nil, errors.New("vmlinuz is not an x86 bzImage")
+		}
+		if elf, ok, err := vmlinux(img); err != nil {
+			return nil, fmt.Errorf("vmlinuz: %w", err)
+		} else if ok {
+			return elf, nil
 		}
 		return img, nil
 	case "arm64":

@@ -30,7 +30,7 @@ var children = map[string]func(dir string) error{
 	"shutdown-reboot":   func(string) error { return childShutdown(true) },
 	"fatal":             childFatal,
 	"fatal-pid1":        childFatalPID1,
-	"moveroot":          childMoveRoot,
+	"bindroot":          childBindRoot,
 	"linkup":            childLinkUp,
 	"hostname":          childHostname,
 }

@@ -54,9 +54,9 @@ func TestSwitchRootNoop(t *testing.T) {
 // TestMoveRoot runs the switch itself in a child with a private mount
 // namespace: a tmpfs stands in for the initramfs and is made the child's root
 // with chroot, with a mount on it and procfs, as after an early MountBase.
-func TestMoveRoot(t *testing.T) {
+func TestBindRoot(t *testing.T) {
 	dir := t.TempDir()
-	expectChildOK(t, "moveroot", dir, &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS})
+	expectChildOK(t, "bindroot", dir, &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS})
 	if leaked := mountsUnder(t, dir); len(leaked) > 0 {
 		t.Errorf("child mounts leaked into the test's namespace: %+v", leaked)
 	}
@@ -92,7 +92,7 @@ var oldRootFiles = map[string]fakeFile{
 	"lib/modules/v/m2": {mode: unix.S_IFREG | 0o644, content: "hardlink of m"}, // made a link below
 }
 
-func childMoveRoot(dir string) error {
+func childBindRoot(dir string) error {
 	if err := isolateMounts(); err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func childMoveRoot(dir string) error {
 	if err := makeFakeRoot(old); err != nil {
 		return err
 	}
-	// A mount on the old root, and procfs: both must move to the new root.
+	// A mount on the old root, and procfs: both must be there in the new root.
 	for _, p := range []string{"mnt", "proc"} {
 		if err := os.Mkdir(filepath.Join(old, p), 0o755); err != nil {
 			return err
@@ -127,68 +127,49 @@ func childMoveRoot(dir string) error {
 	if err := unix.Chroot("."); err != nil {
 		return err
 	}
-
-	var before unix.Stat_t
-	if err := unix.Stat("/", &before); err != nil {
-		return err
-	}
-	oldFD, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
 	infos, err := readMountinfo()
 	if err != nil {
 		return err
 	}
-	root, _ := rootMount(infos)
-	subs := submounts(infos, root)
-	sort.Strings(subs)
-	if !reflect.DeepEqual(subs, []string{"/mnt", "/proc"}) {
-		return fmt.Errorf("submounts of the fake initramfs = %q", subs)
+	before, _ := rootMount(infos)
+
+	if err := bindRoot(newRootDir); err != nil {
+		return fmt.Errorf("bindRoot: %w", err)
 	}
 
-	if err := moveRoot(newRootDir, subs); err != nil {
-		return fmt.Errorf("moveRoot: %w", err)
-	}
-
-	// "/" is a new tmpfs.
-	var after unix.Stat_t
-	if err := unix.Stat("/", &after); err != nil {
+	// "/" is a new mount of the same files, whose parent is the old root.
+	infos, err = readMountinfo()
+	if err != nil {
 		return err
 	}
-	var sfs unix.Statfs_t
-	if err := unix.Statfs("/", &sfs); err != nil {
-		return err
-	}
-	if after.Dev == before.Dev || sfs.Type != unix.TMPFS_MAGIC {
-		return fmt.Errorf("/ did not change: dev %d -> %d, type %#x", before.Dev, after.Dev, sfs.Type)
+	after, _ := rootMount(infos)
+	if after.id == before.id || after.parent != before.id {
+		return fmt.Errorf("root mount %+v after the bind; before %+v", after, before)
 	}
 	if wd, _ := os.Getwd(); wd != "/" {
 		return fmt.Errorf("working directory %q; want /", wd)
 	}
-	// with the old files, and the mounts.
 	if err := checkFakeRoot("/"); err != nil {
 		return err
 	}
 	if b, err := os.ReadFile("/mnt/x"); err != nil || string(b) != "on a mount" {
-		return fmt.Errorf("/mnt/x after the move: %q, %v", b, err)
+		return fmt.Errorf("/mnt/x after the bind: %q, %v", b, err)
 	}
 	if _, err := os.Stat("/proc/self/mountinfo"); err != nil {
-		return fmt.Errorf("procfs after the move: %w", err)
+		return fmt.Errorf("procfs after the bind: %w", err)
 	}
-	if infos, _ := readMountinfo(); len(infos) != 3 {
-		return fmt.Errorf("mounts after the move: %+v; want /, /mnt and /proc", infos)
-	}
-	// The old root keeps only the (now empty) directory the new root was
-	// mounted on: its files' memory is free.
-	f := os.NewFile(uintptr(oldFD), "old root")
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
+	// What runc does next: pivot_root into a container's root.
+	if err := os.Mkdir("/ctr", 0o755); err != nil {
 		return err
 	}
-	if !reflect.DeepEqual(names, []string{filepath.Base(newRootDir)}) {
-		return fmt.Errorf("old root still holds %q", names)
+	if err := unix.Mount("ctr", "/ctr", "tmpfs", 0, ""); err != nil {
+		return err
+	}
+	if err := os.Mkdir("/ctr/old", 0o755); err != nil {
+		return err
+	}
+	if err := unix.PivotRoot("/ctr", "/ctr/old"); err != nil {
+		return fmt.Errorf("pivot_root from the bound root: %w", err)
 	}
 	return nil
 }
