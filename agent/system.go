@@ -49,6 +49,10 @@ func (s *systemService) Setup(ctx context.Context, r *agentapi.SetupRequest) (*e
 			return nil, err
 		}
 	}
+	// Shares before any container: their bind mounts come from SharesDir.
+	if err := mountShares(SharesDir, r.Shares); err != nil {
+		return nil, err
+	}
 	return &emptypb.Empty{}, nil
 }
 

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vz-shim/containerd-shim-vz/internal/testimage"
 )
 
 const (
@@ -99,21 +101,8 @@ func startDaemon(bin binaries) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.cmd = exec.Command(bin.containerd, "--config", d.config)
-	d.cmd.Env = append(os.Environ(), "PATH="+bin.path)
-	d.cmd.Stdout = d.logf
-	d.cmd.Stderr = d.logf
-	// Its own process group, and gone with the test binary if that dies (panic, timeout).
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := d.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start containerd: %w", err)
-	}
-	go func() {
-		_ = d.cmd.Wait()
-		close(d.exited)
-	}()
-
-	if err := d.waitReady(30 * time.Second); err != nil {
+	d.exited = make(chan struct{})
+	if err := d.startAgain(); err != nil {
 		return d, err
 	}
 	return d, nil
@@ -241,7 +230,7 @@ func (d *daemon) stop() error {
 // importImage builds the busybox test image as an OCI layout tar and imports it into blockfile.
 func (d *daemon) importImage(name string) error {
 	tarPath := filepath.Join(d.dir, "busybox-oci.tar")
-	if err := writeBusyboxImage(tarPath, d.bin.busybox, name); err != nil {
+	if err := testimage.WriteBusybox(tarPath, d.bin.busybox, name); err != nil {
 		return fmt.Errorf("build test image: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), ctrTimeout)

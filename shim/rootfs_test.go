@@ -48,7 +48,7 @@ func TestGuestSpec(t *testing.T) {
 	}
 	s := &specs.Spec{Root: &specs.Root{Path: "/run/containerd/x/rootfs"}, Process: &specs.Process{Args: []string{"true"}},
 		Mounts: []specs.Mount{{Destination: "/proc", Type: "proc", Source: "proc"}}}
-	_, b, err := guestSpec(write(s))
+	_, b, _, _, err := guestSpec(write(s), "9p")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,14 +58,23 @@ func TestGuestSpec(t *testing.T) {
 		t.Errorf("guest spec root %q mounts %v", got.Root.Path, got.Mounts)
 	}
 
-	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/home", Options: []string{"rbind"}})
-	if _, _, err := guestSpec(write(s)); !errdefs.IsNotImplemented(err) {
-		t.Errorf("bind mount: %v, want not implemented", err)
+	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: t.TempDir(), Options: []string{"rbind"}})
+	_, b, shares, agentShares, err := guestSpec(write(s), "9p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.Unmarshal(b, &got)
+	if len(shares) != 1 || len(agentShares) != 1 || got.Mounts[1].Source != "/run/vz-agent/shares/s0" {
+		t.Errorf("bind mount: shares %v %v, guest mounts %v", shares, agentShares, got.Mounts)
+	}
+	s.Mounts[1].Source = filepath.Join(t.TempDir(), "missing")
+	if _, _, _, _, err := guestSpec(write(s), "9p"); !errdefs.IsNotFound(err) {
+		t.Errorf("bind mount of a missing source: %v, want not found", err)
 	}
 
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte("{"), 0o644)
-	if _, _, err := guestSpec(dir); !errdefs.IsInvalidArgument(err) {
+	if _, _, _, _, err := guestSpec(dir, "9p"); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("malformed: %v, want invalid argument", err)
 	}
 }

@@ -41,6 +41,9 @@ const (
 	// itself; stopTimeout then bounds the VMM's own stop before a kill.
 	powerOffWait = 3 * time.Second
 	stopTimeout  = 5 * time.Second
+	// clockSyncInterval is how often the guest clock is stepped to the
+	// host's.
+	clockSyncInterval = time.Minute
 )
 
 // NewTaskService is the shim's task service: containerd's task API, served
@@ -211,7 +214,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	spec, config, err := guestSpec(r.Bundle)
+	spec, config, shares, setupShares, err := guestSpec(r.Bundle, shareFSType(opts.Backend))
 	if err != nil {
 		return nil, err
 	}
@@ -225,15 +228,17 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, err
 	}
 	console := filepath.Join(r.Bundle, "console.log")
+	cpus, memMiB := vmSize(spec, opts.CPUs, opts.MemoryMiB)
 	cfg := vm.Config{
 		ID:         r.ID,
 		Kernel:     opts.Kernel,
 		Initrd:     opts.Initrd,
 		KernelArgs: opts.KernelArgs,
 		Arch:       opts.Arch,
-		CPUs:       opts.CPUs,
-		MemoryMiB:  opts.MemoryMiB,
+		CPUs:       cpus,
+		MemoryMiB:  memMiB,
 		Disks:      disks,
+		Shares:     shares,
 		Network:    *opts.Network,
 		ConsoleLog: console,
 		StateDir:   stateDir,
@@ -273,7 +278,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	log.G(ctx).WithField("boot", time.Since(start)).Info("agent ready")
 
 	sys := agentapi.NewSystemClient(t.client)
-	if _, err := sys.Setup(ctx, &agentapi.SetupRequest{Hostname: spec.Hostname, Time: protobuf.ToTimestamp(time.Now())}); err != nil {
+	if _, err := sys.Setup(ctx, &agentapi.SetupRequest{Hostname: spec.Hostname, Time: protobuf.ToTimestamp(time.Now()), Shares: setupShares}); err != nil {
 		return nil, fmt.Errorf("setting up the guest: %w", errgrpc.ToNative(err))
 	}
 	b, err := t.bundles.Create(ctx, &agentapi.CreateBundleRequest{
@@ -285,6 +290,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	go s.forwardEvents(t)
 	go s.watchVM(t)
+	go t.syncClock(sys)
 
 	p := &hostProcess{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal, exited: make(chan struct{})}
 	if p.io, err = openIO(ctx, m, r.ID, ns, r.Stdin, r.Stdout, r.Stderr, r.Terminal); err != nil {
@@ -308,38 +314,38 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 }
 
 // guestSpec reads the bundle's config.json and rewrites it for the guest:
-// the root becomes the bundle's rootfs directory there.
-func guestSpec(bundle string) (*specs.Spec, []byte, error) {
+// the root becomes the bundle's rootfs directory there, and bind mounts of
+// host paths come from the VM shares it returns (mounted with fstype).
+func guestSpec(bundle, fstype string) (*specs.Spec, []byte, []vm.Share, []*agentapi.Share, error) {
 	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading config.json: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("reading config.json: %w", err)
 	}
 	var spec specs.Spec
 	if err := json.Unmarshal(b, &spec); err != nil {
-		return nil, nil, fmt.Errorf("malformed config.json: %v: %w", err, errdefs.ErrInvalidArgument)
+		return nil, nil, nil, nil, fmt.Errorf("malformed config.json: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	if spec.Root == nil {
 		spec.Root = &specs.Root{}
 	}
 	spec.Root.Path = "rootfs"
-	for _, m := range spec.Mounts {
-		if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
-			return nil, nil, fmt.Errorf("bind mount of %s into %s: host directories cannot be shared into the VM yet: %w", m.Source, m.Destination, errdefs.ErrNotImplemented)
-		}
+	shares, agentShares, err := guestShares(&spec, fstype)
+	if err != nil {
+		return nil, nil, nil, nil, err
 	}
 	if spec.Linux != nil {
 		for i, n := range spec.Linux.Namespaces {
 			if n.Path != "" {
-				return nil, nil, fmt.Errorf("joining the %s namespace at %s: host namespaces do not exist in the VM: %w", n.Type, n.Path, errdefs.ErrNotImplemented)
+				return nil, nil, nil, nil, fmt.Errorf("joining the %s namespace at %s: host namespaces do not exist in the VM: %w", n.Type, n.Path, errdefs.ErrNotImplemented)
 			}
 			spec.Linux.Namespaces[i] = n
 		}
 	}
 	out, err := json.Marshal(&spec)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	return &spec, out, nil
+	return &spec, out, shares, agentShares, nil
 }
 
 func hasOption(opts []string, o string) bool {
@@ -405,6 +411,26 @@ func (s *service) forwardEvents(t *vmTask) {
 			}
 		}
 		s.publish(ctx, env.Topic, v)
+	}
+}
+
+// syncClock steps the guest clock to the host's now and then: a VM's clock
+// falls behind while the host sleeps or the VM is paused, and the guest
+// has no time source of its own to catch up from.
+func (t *vmTask) syncClock(sys agentapi.SystemService) {
+	tick := time.NewTicker(clockSyncInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.machine.Done():
+			return
+		case <-tick.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if _, err := sys.SetTime(ctx, &agentapi.SetTimeRequest{Time: protobuf.ToTimestamp(time.Now())}); err != nil && !t.vmDead() {
+				log.G(ctx).WithError(err).WithField("id", t.id).Debug("setting the guest clock")
+			}
+			cancel()
+		}
 	}
 }
 

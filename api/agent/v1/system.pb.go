@@ -130,9 +130,12 @@ func (x *InfoResponse) GetInit() bool {
 }
 
 type SetupRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Hostname string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// shares are host directories the VM was given; the agent mounts each
+	// at /run/vz-agent/shares/<tag> before any container is created.
+	Shares        []*Share `protobuf:"bytes,3,rep,name=shares,proto3" json:"shares,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -181,6 +184,75 @@ func (x *SetupRequest) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *SetupRequest) GetShares() []*Share {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+type Share struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tag is the mount tag of the 9p or virtio-fs device.
+	Tag string `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// fstype is "9p" (QEMU) or "virtiofs" (VZ).
+	Fstype        string `protobuf:"bytes,2,opt,name=fstype,proto3" json:"fstype,omitempty"`
+	Readonly      bool   `protobuf:"varint,3,opt,name=readonly,proto3" json:"readonly,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Share) Reset() {
+	*x = Share{}
+	mi := &file_agent_v1_system_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Share) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Share) ProtoMessage() {}
+
+func (x *Share) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_system_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Share.ProtoReflect.Descriptor instead.
+func (*Share) Descriptor() ([]byte, []int) {
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Share) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *Share) GetFstype() string {
+	if x != nil {
+		return x.Fstype
+	}
+	return ""
+}
+
+func (x *Share) GetReadonly() bool {
+	if x != nil {
+		return x.Readonly
+	}
+	return false
+}
+
 type SetTimeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Time          *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
@@ -190,7 +262,7 @@ type SetTimeRequest struct {
 
 func (x *SetTimeRequest) Reset() {
 	*x = SetTimeRequest{}
-	mi := &file_agent_v1_system_proto_msgTypes[3]
+	mi := &file_agent_v1_system_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +274,7 @@ func (x *SetTimeRequest) String() string {
 func (*SetTimeRequest) ProtoMessage() {}
 
 func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[3]
+	mi := &file_agent_v1_system_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +287,7 @@ func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeRequest.ProtoReflect.Descriptor instead.
 func (*SetTimeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{3}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SetTimeRequest) GetTime() *timestamppb.Timestamp {
@@ -235,10 +307,15 @@ const file_agent_v1_system_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0ekernel_release\x18\x02 \x01(\tR\rkernelRelease\x12\x10\n" +
 	"\x03pid\x18\x03 \x01(\rR\x03pid\x12\x12\n" +
-	"\x04init\x18\x04 \x01(\bR\x04init\"Z\n" +
+	"\x04init\x18\x04 \x01(\bR\x04init\"\x86\x01\n" +
 	"\fSetupRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12.\n" +
-	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"@\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12*\n" +
+	"\x06shares\x18\x03 \x03(\v2\x12.vz.agent.v1.ShareR\x06shares\"M\n" +
+	"\x05Share\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x16\n" +
+	"\x06fstype\x18\x02 \x01(\tR\x06fstype\x12\x1a\n" +
+	"\breadonly\x18\x03 \x01(\bR\breadonly\"@\n" +
 	"\x0eSetTimeRequest\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\xc1\x01\n" +
 	"\x06System\x12;\n" +
@@ -258,29 +335,31 @@ func file_agent_v1_system_proto_rawDescGZIP() []byte {
 	return file_agent_v1_system_proto_rawDescData
 }
 
-var file_agent_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_agent_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_agent_v1_system_proto_goTypes = []any{
 	(*InfoRequest)(nil),           // 0: vz.agent.v1.InfoRequest
 	(*InfoResponse)(nil),          // 1: vz.agent.v1.InfoResponse
 	(*SetupRequest)(nil),          // 2: vz.agent.v1.SetupRequest
-	(*SetTimeRequest)(nil),        // 3: vz.agent.v1.SetTimeRequest
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 5: google.protobuf.Empty
+	(*Share)(nil),                 // 3: vz.agent.v1.Share
+	(*SetTimeRequest)(nil),        // 4: vz.agent.v1.SetTimeRequest
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 6: google.protobuf.Empty
 }
 var file_agent_v1_system_proto_depIdxs = []int32{
-	4, // 0: vz.agent.v1.SetupRequest.time:type_name -> google.protobuf.Timestamp
-	4, // 1: vz.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	0, // 2: vz.agent.v1.System.Info:input_type -> vz.agent.v1.InfoRequest
-	2, // 3: vz.agent.v1.System.Setup:input_type -> vz.agent.v1.SetupRequest
-	3, // 4: vz.agent.v1.System.SetTime:input_type -> vz.agent.v1.SetTimeRequest
-	1, // 5: vz.agent.v1.System.Info:output_type -> vz.agent.v1.InfoResponse
-	5, // 6: vz.agent.v1.System.Setup:output_type -> google.protobuf.Empty
-	5, // 7: vz.agent.v1.System.SetTime:output_type -> google.protobuf.Empty
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	5, // 0: vz.agent.v1.SetupRequest.time:type_name -> google.protobuf.Timestamp
+	3, // 1: vz.agent.v1.SetupRequest.shares:type_name -> vz.agent.v1.Share
+	5, // 2: vz.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	0, // 3: vz.agent.v1.System.Info:input_type -> vz.agent.v1.InfoRequest
+	2, // 4: vz.agent.v1.System.Setup:input_type -> vz.agent.v1.SetupRequest
+	4, // 5: vz.agent.v1.System.SetTime:input_type -> vz.agent.v1.SetTimeRequest
+	1, // 6: vz.agent.v1.System.Info:output_type -> vz.agent.v1.InfoResponse
+	6, // 7: vz.agent.v1.System.Setup:output_type -> google.protobuf.Empty
+	6, // 8: vz.agent.v1.System.SetTime:output_type -> google.protobuf.Empty
+	6, // [6:9] is the sub-list for method output_type
+	3, // [3:6] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_system_proto_init() }
@@ -294,7 +373,7 @@ func file_agent_v1_system_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_system_proto_rawDesc), len(file_agent_v1_system_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

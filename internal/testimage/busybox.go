@@ -1,9 +1,12 @@
-package integration
+// Package testimage writes the small busybox image the tests and make run
+// use: no registry is reachable from these machines, so images are built.
+package testimage
 
 import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	_ "crypto/sha256" // go-digest needs the hash registered
 	"encoding/json"
 	"fmt"
 	"os"
@@ -22,10 +25,10 @@ import (
 // imageTime is the fixed time of every file and of the image config: same input, same digests.
 var imageTime = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// writeBusyboxImage writes a one-layer image named name as an OCI image layout tar at out: the
+// WriteBusybox writes a one-layer image named name as an OCI image layout tar at out: the
 // static busybox at /bin/busybox, a symlink to it for each of its applets, /etc/passwd and
 // /etc/group, and the directories a container runtime mounts over.
-func writeBusyboxImage(out, busybox, name string) error {
+func WriteBusybox(out, busybox, name string) error {
 	layer, err := busyboxLayer(busybox)
 	if err != nil {
 		return err
