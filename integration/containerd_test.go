@@ -147,6 +147,10 @@ disabled_plugins = [
     [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
       platform = ` + q(platform) + `
       snapshotter = ` + q(snapshotter) + `
+    # The directory snapshotter, for the tests of a directory rootfs.
+    [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+      platform = ` + q(platform) + `
+      snapshotter = "overlayfs"
 `
 }
 
@@ -235,12 +239,15 @@ func (d *daemon) importImage(name string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), ctrTimeout)
 	defer cancel()
-	r, err := d.ctr(ctx, nil, "image", "import", "--snapshotter", snapshotter,
-		"--platform", "linux/"+runtime.GOARCH, tarPath)
-	if err != nil || r.code != 0 {
-		return fmt.Errorf("import %s: %v: %s", name, err, r)
+	// Unpacked for both snapshotters: block images and directories.
+	for _, sn := range []string{snapshotter, "overlayfs"} {
+		r, err := d.ctr(ctx, nil, "image", "import", "--snapshotter", sn,
+			"--platform", "linux/"+runtime.GOARCH, tarPath)
+		if err != nil || r.code != 0 {
+			return fmt.Errorf("import %s into %s: %v: %s", name, sn, err, r)
+		}
 	}
-	r, err = d.ctr(ctx, nil, "image", "ls", "-q")
+	r, err := d.ctr(ctx, nil, "image", "ls", "-q")
 	if err != nil || r.code != 0 {
 		return fmt.Errorf("image ls: %v: %s", err, r)
 	}

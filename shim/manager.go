@@ -140,6 +140,9 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	if err := cleanupMachine(ctx, filepath.Join(bundle, "vm")); err != nil {
 		log.G(ctx).WithError(err).Warn("stopping a leftover VM")
 	}
+	if err := unmountHostRootfs(filepath.Join(bundle, "rootfs")); err != nil {
+		log.G(ctx).WithError(err).Warn("unmounting a leftover rootfs")
+	}
 	os.RemoveAll(filepath.Join(bundle, "vm"))
 	os.Remove(filepath.Join(bundle, optionsFile))
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil

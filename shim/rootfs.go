@@ -4,12 +4,15 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
 
+	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
 	"github.com/vz-shim/containerd-shim-vz/vm"
 )
 
@@ -21,19 +24,73 @@ const diskSourcePrefix = "disk:"
 // from a disk: the host never mounts them (so this works on macOS too).
 var blockTypes = map[string]bool{"ext4": true, "ext3": true, "ext2": true, "xfs": true, "erofs": true}
 
-// rootfsDisks turns the rootfs mounts of Create into disks for the VM and
-// the mounts the agent performs with them.
-func rootfsDisks(mounts []*types.Mount) ([]vm.Disk, []*types.Mount, error) {
-	if len(mounts) == 0 {
-		return nil, nil, fmt.Errorf("a rootfs from the bundle directory needs a shared directory, which is not supported yet; use a block snapshotter (blockfile): %w", errdefs.ErrNotImplemented)
+// rootfsShareTag is the share of a directory rootfs.
+const rootfsShareTag = "rootfs"
+
+// rootfsPlan is how the container's rootfs reaches the guest: block images
+// as disks, or a host directory as a share.
+type rootfsPlan struct {
+	disks      []vm.Disk
+	share      *vm.Share
+	agentShare *agentapi.Share
+	// guest are the rootfs mounts the agent performs.
+	guest []*types.Mount
+	// hostMounted is the bundle's rootfs when the shim mounted the
+	// snapshot there (overlayfs, native): unmounted at the end.
+	hostMounted string
+}
+
+// planRootfs decides how the rootfs mounts of Create reach the guest.
+// Block images (blockfile, our snapshotter) become disks that only the
+// guest mounts. Directory snapshots (overlayfs, native) are mounted on the
+// host at the bundle's rootfs, as the runc shim does, and that directory is
+// shared into the VM; so is a rootfs the bundle already holds.
+func planRootfs(bundle string, mounts []*types.Mount, fstype string) (*rootfsPlan, error) {
+	nblock := 0
+	for _, m := range mounts {
+		if blockTypes[m.Type] {
+			nblock++
+		}
 	}
+	switch {
+	case nblock > 0 && nblock < len(mounts):
+		return nil, fmt.Errorf("rootfs mixes block images and directories: %w", errdefs.ErrNotImplemented)
+	case nblock > 0:
+		disks, guest, err := rootfsDisks(mounts)
+		if err != nil {
+			return nil, err
+		}
+		return &rootfsPlan{disks: disks, guest: guest}, nil
+	}
+	p := &rootfsPlan{}
+	dir := filepath.Join(bundle, "rootfs")
+	if len(mounts) > 0 {
+		if err := os.MkdirAll(dir, 0o711); err != nil {
+			return nil, err
+		}
+		if err := mountHostRootfs(mounts, dir); err != nil {
+			return nil, err
+		}
+		p.hostMounted = dir
+	} else if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("no rootfs mounts and no rootfs directory in the bundle: %w", errdefs.ErrNotFound)
+	}
+	p.share = &vm.Share{Tag: rootfsShareTag, Path: dir}
+	p.agentShare = &agentapi.Share{Tag: rootfsShareTag, Fstype: fstype}
+	p.guest = []*types.Mount{{Type: "bind", Source: path.Join(guestSharesDir, rootfsShareTag), Options: []string{"rbind", "rw"}}}
+	return p, nil
+}
+
+// rootfsDisks turns block-image rootfs mounts into disks for the VM and the
+// mounts the agent performs with them.
+func rootfsDisks(mounts []*types.Mount) ([]vm.Disk, []*types.Mount, error) {
 	var (
 		disks []vm.Disk
 		guest []*types.Mount
 	)
 	for i, m := range mounts {
 		if !blockTypes[m.Type] {
-			return nil, nil, fmt.Errorf("rootfs mount of type %q: only block images (%s) are supported yet: %w", m.Type, blockTypeList(), errdefs.ErrNotImplemented)
+			return nil, nil, fmt.Errorf("rootfs mount of type %q is not a block image (%s): %w", m.Type, blockTypeList(), errdefs.ErrInvalidArgument)
 		}
 		fi, err := os.Stat(m.Source)
 		if err != nil {

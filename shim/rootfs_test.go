@@ -11,31 +11,65 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-func TestRootfsDisks(t *testing.T) {
+func TestPlanRootfsBlock(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "scratch.ext4")
 	os.WriteFile(img, make([]byte, 4096), 0o644)
-	disks, guest, err := rootfsDisks([]*types.Mount{{Type: "ext4", Source: img, Options: []string{"loop", "ro"}}})
+	p, err := planRootfs(t.TempDir(), []*types.Mount{{Type: "ext4", Source: img, Options: []string{"loop", "ro"}}}, "9p")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(disks) != 1 || disks[0].Path != img || !disks[0].ReadOnly || disks[0].ID != "rootfs0" {
-		t.Errorf("disks %+v", disks)
+	if len(p.disks) != 1 || p.disks[0].Path != img || !p.disks[0].ReadOnly || p.disks[0].ID != "rootfs0" || p.share != nil || p.hostMounted != "" {
+		t.Errorf("plan %+v", p)
 	}
-	if guest[0].Source != "disk:rootfs0" || len(guest[0].Options) != 1 || guest[0].Options[0] != "ro" {
-		t.Errorf("guest mounts %+v", guest)
+	if p.guest[0].Source != "disk:rootfs0" || len(p.guest[0].Options) != 1 || p.guest[0].Options[0] != "ro" {
+		t.Errorf("guest mounts %+v", p.guest)
+	}
+	if _, err := planRootfs(t.TempDir(), []*types.Mount{{Type: "ext4", Source: "/nonexistent.img"}}, "9p"); err == nil {
+		t.Errorf("a missing image was accepted")
+	}
+	mixed := []*types.Mount{{Type: "ext4", Source: img}, {Type: "bind", Source: "/tmp", Options: []string{"rbind"}}}
+	if _, err := planRootfs(t.TempDir(), mixed, "9p"); !errdefs.IsNotImplemented(err) {
+		t.Errorf("mixed: %v, want not implemented", err)
+	}
+}
+
+func TestPlanRootfsDirectory(t *testing.T) {
+	// No mounts: the bundle's own rootfs directory is shared, if it exists.
+	bundle := t.TempDir()
+	if _, err := planRootfs(bundle, nil, "9p"); !errdefs.IsNotFound(err) {
+		t.Errorf("no mounts, no rootfs dir: %v, want not found", err)
+	}
+	os.Mkdir(filepath.Join(bundle, "rootfs"), 0o755)
+	p, err := planRootfs(bundle, nil, "9p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.share == nil || p.share.Tag != "rootfs" || p.share.Path != filepath.Join(bundle, "rootfs") || p.agentShare.Fstype != "9p" || p.hostMounted != "" ||
+		p.guest[0].Type != "bind" || p.guest[0].Source != "/run/vz-agent/shares/rootfs" {
+		t.Errorf("plan %+v, guest %+v", p, p.guest)
 	}
 
-	for name, m := range map[string][]*types.Mount{
-		"none":    nil,
-		"overlay": {{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=/a"}}},
-		"bind":    {{Type: "bind", Source: "/tmp", Options: []string{"rbind"}}},
-	} {
-		if _, _, err := rootfsDisks(m); !errdefs.IsNotImplemented(err) {
-			t.Errorf("%s: %v, want not implemented", name, err)
-		}
+	// A directory snapshot (native gives a bind) is mounted on the host and
+	// shared.
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPING the host mount half: needs root")
 	}
-	if _, _, err := rootfsDisks([]*types.Mount{{Type: "ext4", Source: "/nonexistent.img"}}); err == nil {
-		t.Errorf("a missing image was accepted")
+	snap := t.TempDir()
+	os.WriteFile(filepath.Join(snap, "marker"), []byte("snapshot"), 0o644)
+	bundle = t.TempDir()
+	p, err = planRootfs(bundle, []*types.Mount{{Type: "bind", Source: snap, Options: []string{"rbind", "rw"}}}, "9p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unmountHostRootfs(p.hostMounted)
+	if b, err := os.ReadFile(filepath.Join(bundle, "rootfs", "marker")); err != nil || string(b) != "snapshot" {
+		t.Errorf("the snapshot is not mounted at the bundle's rootfs: %q %v", b, err)
+	}
+	if err := unmountHostRootfs(p.hostMounted); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, "rootfs", "marker")); err == nil {
+		t.Errorf("still mounted after unmountHostRootfs")
 	}
 }
 

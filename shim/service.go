@@ -84,6 +84,7 @@ type vmTask struct {
 	bundles               agentapi.BundleService
 	console               string
 	keepConsole           bool
+	hostRootfs            string // the snapshot the shim mounted on the host
 
 	mu      sync.Mutex
 	procs   map[string]*hostProcess // "" is init
@@ -218,9 +219,19 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	disks, guestMounts, err := rootfsDisks(r.Rootfs)
+	fstype := shareFSType(opts.Backend)
+	rootfs, err := planRootfs(r.Bundle, r.Rootfs, fstype)
 	if err != nil {
 		return nil, err
+	}
+	defer func() {
+		if retErr != nil && rootfs.hostMounted != "" {
+			_ = unmountHostRootfs(rootfs.hostMounted)
+		}
+	}()
+	if rootfs.share != nil {
+		shares = append(shares, *rootfs.share)
+		setupShares = append(setupShares, rootfs.agentShare)
 	}
 
 	stateDir := filepath.Join(r.Bundle, "vm")
@@ -237,7 +248,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		Arch:       opts.Arch,
 		CPUs:       cpus,
 		MemoryMiB:  memMiB,
-		Disks:      disks,
+		Disks:      rootfs.disks,
 		Shares:     shares,
 		Network:    *opts.Network,
 		ConsoleLog: console,
@@ -255,6 +266,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		machine:     m,
 		console:     console,
 		keepConsole: opts.DebugConsole,
+		hostRootfs:  rootfs.hostMounted,
 		procs:       make(map[string]*hostProcess),
 	}
 	defer func() {
@@ -300,7 +312,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	resp, err := t.agent.Create(ctx, &taskAPI.CreateTaskRequest{
 		ID:       r.ID,
 		Bundle:   b.Bundle,
-		Rootfs:   guestMounts,
+		Rootfs:   rootfs.guest,
 		Terminal: r.Terminal,
 		Stdin:    p.io.ids[0],
 		Stdout:   p.io.ids[1],
@@ -535,6 +547,12 @@ func (t *vmTask) stop(ctx context.Context) {
 	for _, p := range procs {
 		if p.io != nil {
 			p.io.close()
+		}
+	}
+	// After the VM: QEMU serves the share from it until it exits.
+	if t.hostRootfs != "" {
+		if err := unmountHostRootfs(t.hostRootfs); err != nil {
+			log.G(ctx).WithError(err).WithField("id", t.id).Warn("unmounting the rootfs")
 		}
 	}
 	os.RemoveAll(filepath.Join(t.bundle, "vm"))
