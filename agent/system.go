@@ -43,6 +43,9 @@ func (s *systemService) Setup(ctx context.Context, r *agentapi.SetupRequest) (*e
 		if err := sysinit.SetHostname(r.Hostname); err != nil {
 			return nil, err
 		}
+		if err := SetNetworkHostname(r.Hostname); err != nil {
+			return nil, err
+		}
 	}
 	if r.Time != nil {
 		if err := sysinit.SetTime(protobuf.FromTimestamp(r.Time)); err != nil {

@@ -82,7 +82,7 @@ func TestGuestSpec(t *testing.T) {
 	}
 	s := &specs.Spec{Root: &specs.Root{Path: "/run/containerd/x/rootfs"}, Process: &specs.Process{Args: []string{"true"}},
 		Mounts: []specs.Mount{{Destination: "/proc", Type: "proc", Source: "proc"}}}
-	_, b, _, _, err := guestSpec(write(s), "9p")
+	_, b, _, _, err := guestSpec(write(s), "9p", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestGuestSpec(t *testing.T) {
 	}
 
 	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: t.TempDir(), Options: []string{"rbind"}})
-	_, b, shares, agentShares, err := guestSpec(write(s), "9p")
+	_, b, shares, agentShares, err := guestSpec(write(s), "9p", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,13 +102,13 @@ func TestGuestSpec(t *testing.T) {
 		t.Errorf("bind mount: shares %v %v, guest mounts %v", shares, agentShares, got.Mounts)
 	}
 	s.Mounts[1].Source = filepath.Join(t.TempDir(), "missing")
-	if _, _, _, _, err := guestSpec(write(s), "9p"); !errdefs.IsNotFound(err) {
+	if _, _, _, _, err := guestSpec(write(s), "9p", false); !errdefs.IsNotFound(err) {
 		t.Errorf("bind mount of a missing source: %v, want not found", err)
 	}
 
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte("{"), 0o644)
-	if _, _, _, _, err := guestSpec(dir, "9p"); !errdefs.IsInvalidArgument(err) {
+	if _, _, _, _, err := guestSpec(dir, "9p", false); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("malformed: %v, want invalid argument", err)
 	}
 }

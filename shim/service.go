@@ -215,7 +215,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	spec, config, shares, setupShares, err := guestSpec(r.Bundle, shareFSType(opts.Backend))
+	spec, config, shares, setupShares, err := guestSpec(r.Bundle, shareFSType(opts.Backend), *opts.Network)
 	if err != nil {
 		return nil, err
 	}
@@ -326,9 +326,10 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 }
 
 // guestSpec reads the bundle's config.json and rewrites it for the guest:
-// the root becomes the bundle's rootfs directory there, and bind mounts of
-// host paths come from the VM shares it returns (mounted with fstype).
-func guestSpec(bundle, fstype string) (*specs.Spec, []byte, []vm.Share, []*agentapi.Share, error) {
+// the root becomes the bundle's rootfs directory there, bind mounts of host
+// paths come from the VM shares it returns (mounted with fstype), and the
+// container gets the VM's network (networkSpec).
+func guestSpec(bundle, fstype string, withNIC bool) (*specs.Spec, []byte, []vm.Share, []*agentapi.Share, error) {
 	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("reading config.json: %w", err)
@@ -345,6 +346,8 @@ func guestSpec(bundle, fstype string) (*specs.Spec, []byte, []vm.Share, []*agent
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
+	// After the shares: the network files are guest paths, not host ones.
+	networkSpec(&spec, withNIC)
 	if spec.Linux != nil {
 		for i, n := range spec.Linux.Namespaces {
 			if n.Path != "" {

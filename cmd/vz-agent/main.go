@@ -91,6 +91,10 @@ func runInit() error {
 	if err := sysinit.LinkUp("lo"); err != nil {
 		return err
 	}
+	// Before serving, so that no container starts without its network.
+	if _, err := agent.ConfigureNetwork(ctx, agent.NetworkDir); err != nil {
+		log.G(ctx).WithError(err).Error("NETWORK NOT CONFIGURED: containers run without network")
+	}
 	lf, closeT, err := guestTransport(ctx, cmdline)
 	if err != nil {
 		return err
