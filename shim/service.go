@@ -143,6 +143,19 @@ func (s *service) task(id string) (*vmTask, error) {
 	return s.t, nil
 }
 
+// taskProcess finds a process of the shim's task.
+func (s *service) taskProcess(id, execID string) (*vmTask, *hostProcess, error) {
+	t, err := s.task(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := t.process(execID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, p, nil
+}
+
 func (t *vmTask) process(execID string) (*hostProcess, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -575,11 +588,7 @@ func (s *service) stopVM() {
 }
 
 func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	p, err := t.process(r.ExecID)
+	t, p, err := s.taskProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -623,11 +632,7 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 }
 
 func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	p, err := t.process(r.ExecID)
+	t, p, err := s.taskProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -652,11 +657,7 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 }
 
 func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	p, err := t.process(r.ExecID)
+	t, p, err := s.taskProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -697,11 +698,7 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 }
 
 func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	p, err := t.process(r.ExecID)
+	t, p, err := s.taskProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -781,11 +778,7 @@ func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 // CloseIO ends stdin after the bytes already sent: the copy to the guest
 // half-closes its stream at the FIFO's end, so EOF never overtakes data.
 func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*emptypb.Empty, error) {
-	t, err := s.task(r.ID)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	p, err := t.process(r.ExecID)
+	_, p, err := s.taskProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
