@@ -299,15 +299,22 @@ func (d *daemon) ctr(ctx context.Context, stdin io.Reader, args ...string) (resu
 	start := time.Now()
 	err := cmd.Run()
 	r := result{args: args, stdout: stdout.String(), stderr: stderr.String(), elapsed: time.Since(start)}
+	return finish(ctx, cmd, r, err)
+}
+
+// finish completes the result of a ctr command that has ended: its exit
+// code, and an error only when ctr did not run to an exit status (ctx
+// expired, or it could not start).
+func finish(ctx context.Context, cmd *exec.Cmd, r result, err error) (result, error) {
 	if cmd.ProcessState != nil {
 		r.code = cmd.ProcessState.ExitCode()
 	}
 	if ctx.Err() != nil {
-		return r, fmt.Errorf("ctr %s: %w", strings.Join(args, " "), ctx.Err())
+		return r, fmt.Errorf("ctr %s: %w", strings.Join(r.args, " "), ctx.Err())
 	}
 	var exitErr *exec.ExitError
 	if err != nil && !errors.As(err, &exitErr) {
-		return r, fmt.Errorf("ctr %s: %w", strings.Join(args, " "), err)
+		return r, fmt.Errorf("ctr %s: %w", strings.Join(r.args, " "), err)
 	}
 	return r, nil
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -287,15 +286,5 @@ func (h *harness) ctrTTY(rows, cols uint16, args ...string) (result, error) {
 		return result{}, errors.New("pty still open 10s after ctr exited")
 	}
 	r := result{args: args, stdout: strings.ReplaceAll(out.String(), "\r", ""), elapsed: time.Since(start)}
-	if cmd.ProcessState != nil {
-		r.code = cmd.ProcessState.ExitCode()
-	}
-	if ctx.Err() != nil {
-		return r, fmt.Errorf("ctr %s: %w", strings.Join(args, " "), ctx.Err())
-	}
-	var exitErr *exec.ExitError
-	if waitErr != nil && !errors.As(waitErr, &exitErr) {
-		return r, fmt.Errorf("ctr %s: %w", strings.Join(args, " "), waitErr)
-	}
-	return r, nil
+	return finish(ctx, cmd, r, waitErr)
 }
