@@ -29,7 +29,7 @@ type Options struct {
 	KernelArgs   []string `toml:"kernel_args"`
 	Network      *bool    `toml:"network"`
 	DebugConsole bool     `toml:"debug_console"`
-	// BootTimeout bounds the wait for the agent, in seconds.
+	// BootTimeout bounds the wait for the agent, in seconds (default 120).
 	BootTimeout int `toml:"boot_timeout"`
 }
 
@@ -126,7 +126,9 @@ func (o *Options) setDefaults() error {
 		o.Network = &t
 	}
 	if o.BootTimeout <= 0 {
-		o.BootTimeout = 60
+		// Generous: under TCG on a busy host a boot has taken over a
+		// minute; a VM that does come up is worth the wait.
+		o.BootTimeout = 120
 	}
 	if o.Kernel == "" || o.Initrd == "" {
 		dir, err := defaultGuestDir(o.Arch)
