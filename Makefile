@@ -5,8 +5,16 @@
 #   proto        regenerate the Go code in api/ from its .proto files
 #   proto-check  fail if the committed code in api/ is not what `make proto` generates
 #   lint         gofmt, go vet, staticcheck
-#   test         deps, lint, proto-check, build, agent-arm64, containerd, guest (host arch),
-#                then go test -race of everything, integration tests included (needs root)
+#   darwin-check darwin-nocgo, then type-check every host package for darwin/arm64 and
+#                darwin/amd64, cgo files included (hack/darwincheck; DESIGN.md §8)
+#   darwin-nocgo GOOS=darwin CGO_ENABLED=0 build and vet of every host package that needs no cgo
+#   darwin       on a Mac: the shim (and snapshotter) with cgo, the shim signed with
+#                hack/vz.entitlements
+#   install      binaries of _output/bin and the guest files of _output/guest into
+#                $(DESTDIR)$(PREFIX) (PREFIX=/usr/local)
+#   test         deps, lint, darwin-check, proto-check, build, agent-arm64, containerd, guest
+#                (host arch), then go test -race of everything, integration tests included
+#                (needs root)
 #   bench        benchmarks: numbers side by side, no assertions (needs root)
 #   clean        remove _output/
 #   containerd   containerd 2.4.x's containerd, ctr and containerd-shim-runc-v2 (the versions in
@@ -86,11 +94,13 @@ lint: tools
 test:
 	@$(MAKE) --no-print-directory deps
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory darwin-check
 	@$(MAKE) --no-print-directory proto-check
 	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory agent-arm64
 	@$(MAKE) --no-print-directory containerd
 	@$(MAKE) --no-print-directory guest ARCH=$(HOSTARCH)
+	@$(MAKE) --no-print-directory guest ARCH=arm64
 	@hack/test.sh
 
 # Benchmarks print numbers (time per container, agent memory); they assert nothing.
@@ -157,3 +167,60 @@ runc-static: guest-deps
 .PHONY: guest-check
 guest-check:
 	@hack/guest.sh check $(ARCH)
+
+# macOS (DESIGN.md §5, §8). Off a Mac the vz backend cannot be compiled (cgo, the macOS SDK):
+# darwin-nocgo builds what needs no cgo, darwin-check type-checks the rest. The guest's packages
+# are Linux-only by design and are left out.
+DARWIN_GUEST_PKGS := ./agent/...,./cmd/vz-agent
+# The snapshotter (issue [5/5]) joins when its command exists.
+SNAPSHOTTER_CMD := $(filter containerd-vz-snapshotter,$(CMDS))
+DARWIN_NOCGO_PKGS := ./cmd/containerd-shim-vz-v1 ./shim/... ./transport/... ./api/... ./vm/... \
+	$(if $(SNAPSHOTTER_CMD),./cmd/containerd-vz-snapshotter) \
+	$(if $(wildcard snapshotter/*.go snapshotter/*/*.go),./snapshotter/...)
+
+.PHONY: darwin-nocgo
+darwin-nocgo:
+	GOOS=darwin GOARCH=arm64 CGO_ENABLED=0 $(GO) build $(DARWIN_NOCGO_PKGS)
+	GOOS=darwin GOARCH=arm64 CGO_ENABLED=0 $(GO) vet $(DARWIN_NOCGO_PKGS)
+
+.PHONY: darwin-check
+darwin-check: darwin-nocgo
+	$(GO) run ./hack/darwincheck -arch arm64,amd64 -exclude $(DARWIN_GUEST_PKGS) ./...
+
+# On a Mac: the host binaries with cgo for the host arch; the shim is signed (ad hoc) with the
+# virtualization entitlement, without which VZ refuses every configuration.
+.PHONY: darwin
+darwin:
+	@if [ "$$(uname -s)" != Darwin ]; then \
+		echo "make darwin: builds and signs the macOS binaries; run it on a Mac (here, make darwin-check type-checks them)" >&2; \
+		exit 1; \
+	fi
+	@mkdir -p $(BIN)
+	CGO_ENABLED=1 $(GO) build -o $(BIN)/ ./cmd/containerd-shim-vz-v1 $(if $(SNAPSHOTTER_CMD),./cmd/containerd-vz-snapshotter)
+	codesign --entitlements hack/vz.entitlements --force -s - $(BIN)/containerd-shim-vz-v1
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: what was built, nothing is built here. The guest
+# directory is where the shim looks by default (shim/options.go, defaultGuestDir):
+# <shim>/../share/containerd-vz/guest/<arch>/. Portable install(1) flags only (BSD on macOS).
+PREFIX ?= /usr/local
+DESTDIR ?=
+INSTALL_BINS := containerd-shim-vz-v1 containerd-vz-snapshotter
+
+.PHONY: install
+install:
+	@bins=""; for b in $(INSTALL_BINS); do [ ! -f "$(BIN)/$$b" ] || bins="$$bins $(BIN)/$$b"; done; \
+	if [ -z "$$bins" ]; then \
+		echo "make install: no binaries in $(BIN): run make build (Linux) or make darwin (macOS) first" >&2; \
+		exit 1; \
+	fi; \
+	install -d "$(DESTDIR)$(PREFIX)/bin"; \
+	for b in $$bins; do echo "install $$b $(DESTDIR)$(PREFIX)/bin/"; install -m 0755 "$$b" "$(DESTDIR)$(PREFIX)/bin/"; done
+	@for d in _output/guest/*/; do \
+		[ -f "$$d/kernel" ] || continue; \
+		arch=$$(basename "$$d"); \
+		if [ ! -f "$$d/initrd" ]; then echo "make install: $$d has a kernel but no initrd" >&2; exit 1; fi; \
+		dest="$(DESTDIR)$(PREFIX)/share/containerd-vz/guest/$$arch"; \
+		echo "install $${d}kernel $${d}initrd $$dest/"; \
+		install -d "$$dest"; \
+		install -m 0644 "$$d/kernel" "$$d/initrd" "$$dest/"; \
+	done

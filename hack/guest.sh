@@ -3,11 +3,13 @@
 #
 #   hack/guest.sh STEP ARCH      ARCH is amd64 or arm64
 #
-# Steps (each idempotent; `all` runs deps, deb, runc, agent, image in order):
+# Steps (each idempotent; `all` runs deps, deb, busybox, runc, agent, image in order):
 #   deps    Debian packages the other steps need (cross compiler, libseccomp, QEMU); runs apt
 #           only when something is missing, and adds the foreign dpkg architecture only then.
 #   deb     the Debian kernel package that linux-image-<arch> depends on, into
 #           _output/debs/<arch>/ (kept: skipped when a kernel .deb is already there).
+#   busybox busybox-static:<arch> into _output/debs/<arch>/ (kept), not installed: the integration
+#           tests build their <arch> busybox image from its bin/busybox.
 #   runc    static runc (RUNC_VERSION) into _output/runc/<arch>/runc (kept: skipped when built
 #           with the same version and tags).
 #   agent   the static guest agent into _output/agent/<arch>/vz-agent.
@@ -25,7 +27,7 @@ RUNC_VERSION=v1.5.2
 GO=${GO:-go}
 
 usage() {
-	echo "usage: hack/guest.sh deps|deb|runc|agent|image|check|all amd64|arm64" >&2
+	echo "usage: hack/guest.sh deps|deb|busybox|runc|agent|image|check|all amd64|arm64" >&2
 	exit 2
 }
 [ $# -eq 2 ] || usage
@@ -127,13 +129,23 @@ step_deb() {
 		pkg=$(kernel_package)
 	fi
 	[ -n "$pkg" ] || { log "cannot resolve the kernel package of linux-image-$arch"; exit 1; }
+	download "$pkg"
+}
+
+# Downloads the package pkg:<arch> into _output/debs/<arch>/ unless a .deb of it is there.
+download() {
+	local pkg=$1
+	if compgen -G "$deb_dir/${pkg}_*_$arch.deb" >/dev/null; then
+		return 0
+	fi
+	add_arch "$arch"
 	mkdir -p "$deb_dir"
 	local tmp
 	tmp=$(mktemp -d "$deb_dir/.download.XXXXXX")
 	log "apt-get download $pkg:$arch"
 	# As root, apt's _apt sandbox user cannot write here: download as root, quietly.
 	if ! (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$pkg:$arch" </dev/null); then
-		# Stale package lists point at a file the mirror no longer has.
+		# No package lists yet, or stale ones that point at a file the mirror no longer has.
 		apt_update
 		(cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$pkg:$arch" </dev/null)
 	fi
@@ -221,6 +233,7 @@ step_check() {
 case "$step" in
 deps) step_deps ;;
 deb) step_deb ;;
+busybox) download busybox-static ;;
 runc) step_runc ;;
 agent) step_agent ;;
 image) step_image ;;
@@ -228,6 +241,7 @@ check) step_check ;;
 all)
 	step_deps
 	step_deb
+	download busybox-static
 	step_runc
 	step_agent
 	step_image

@@ -111,6 +111,18 @@ func startDaemon(bin binaries) (*daemon, error) {
 func (d *daemon) configTOML(scratch string) string {
 	q := strconv.Quote
 	platform := "linux/" + runtime.GOARCH
+	// The arm64 image of TestArm64Guest, on an amd64 host. The walking differ advertises only the
+	// host's platform: unless named, containerd finds no differ for linux/arm64 and fails to load
+	// the transfer service.
+	arm64Unpack := ""
+	if runtime.GOARCH != "arm64" {
+		arm64Unpack = `    # linux/arm64 images (TestArm64Guest): the walking differ applies layers of any platform.
+    [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+      platform = "linux/arm64"
+      snapshotter = ` + q(snapshotter) + `
+      differ = "walking"
+`
+	}
 	return `version = 3
 root = ` + q(d.root) + `
 state = ` + q(d.state) + `
@@ -151,7 +163,7 @@ disabled_plugins = [
     [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
       platform = ` + q(platform) + `
       snapshotter = "overlayfs"
-`
+` + arm64Unpack
 }
 
 // vzRuntimeTOML is the runtime options file given to the vz runtime (ctr --runtime-config-path):
@@ -231,18 +243,24 @@ func (d *daemon) stop() error {
 	return os.RemoveAll(d.dir)
 }
 
-// importImage builds the busybox test image as an OCI layout tar and imports it into blockfile.
+// importImage builds the busybox test image as an OCI layout tar and imports it into blockfile
+// and overlayfs.
 func (d *daemon) importImage(name string) error {
-	tarPath := filepath.Join(d.dir, "busybox-oci.tar")
-	if err := testimage.WriteBusybox(tarPath, d.bin.busybox, name); err != nil {
+	return d.importBusybox(name, d.bin.busybox, runtime.GOARCH, snapshotter, "overlayfs")
+}
+
+// importBusybox builds a busybox image for linux/arch from the static busybox of that
+// architecture and imports it, unpacked for each of the snapshotters.
+func (d *daemon) importBusybox(name, busybox, arch string, snapshotters ...string) error {
+	tarPath := filepath.Join(d.dir, "busybox-"+arch+"-oci.tar")
+	if err := testimage.WriteBusyboxArch(tarPath, busybox, name, arch); err != nil {
 		return fmt.Errorf("build test image: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), ctrTimeout)
 	defer cancel()
-	// Unpacked for both snapshotters: block images and directories.
-	for _, sn := range []string{snapshotter, "overlayfs"} {
+	for _, sn := range snapshotters {
 		r, err := d.ctr(ctx, nil, "image", "import", "--snapshotter", sn,
-			"--platform", "linux/"+runtime.GOARCH, tarPath)
+			"--platform", "linux/"+arch, tarPath)
 		if err != nil || r.code != 0 {
 			return fmt.Errorf("import %s into %s: %v: %s", name, sn, err, r)
 		}

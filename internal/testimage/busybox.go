@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	_ "crypto/sha256" // go-digest needs the hash registered
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -27,9 +28,30 @@ var imageTime = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // WriteBusybox writes a one-layer image named name as an OCI image layout tar at out: the
 // static busybox at /bin/busybox, a symlink to it for each of its applets, /etc/passwd and
-// /etc/group, and the directories a container runtime mounts over.
+// /etc/group, and the directories a container runtime mounts over. The image is for the host's
+// architecture, and so must busybox be.
 func WriteBusybox(out, busybox, name string) error {
-	layer, err := busyboxLayer(busybox)
+	return WriteBusyboxArch(out, busybox, name, runtime.GOARCH)
+}
+
+// WriteBusyboxArch is WriteBusybox for a linux/arch image (amd64 or arm64): busybox must be a
+// static busybox of that architecture. One of another architecture cannot run here to list its
+// applets, so their names are read from the binary and each is linked in /bin.
+func WriteBusyboxArch(out, busybox, name, arch string) error {
+	if err := checkArch(busybox, arch); err != nil {
+		return err
+	}
+	var links map[string]bool
+	var err error
+	if arch == runtime.GOARCH {
+		links, err = listFull(busybox)
+	} else {
+		links, err = appletTable(busybox)
+	}
+	if err != nil {
+		return err
+	}
+	layer, err := busyboxLayer(busybox, links)
 	if err != nil {
 		return err
 	}
@@ -42,7 +64,7 @@ func WriteBusybox(out, busybox, name string) error {
 		return err
 	}
 
-	platform := ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH}
+	platform := ocispec.Platform{OS: "linux", Architecture: arch}
 	config, err := json.Marshal(ocispec.Image{
 		Created:  &imageTime,
 		Platform: platform,
@@ -133,13 +155,29 @@ func WriteBusybox(out, busybox, name string) error {
 	return os.WriteFile(out, buf.Bytes(), 0o644)
 }
 
-// busyboxLayer is the uncompressed layer tar of the busybox image.
-func busyboxLayer(busybox string) ([]byte, error) {
-	bb, err := os.ReadFile(busybox)
-	if err != nil {
-		return nil, err
+// elfMachines are the ELF machines of the architectures an image can be for.
+var elfMachines = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+
+// checkArch fails unless busybox is an ELF executable for arch: an image whose config says one
+// architecture and whose binary is of another fails only when a container starts, far from here.
+func checkArch(busybox, arch string) error {
+	want, ok := elfMachines[arch]
+	if !ok {
+		return fmt.Errorf("image architecture %q: want amd64 or arm64", arch)
 	}
-	// "bin/sh", "usr/bin/head", ...: every applet with its install path.
+	f, err := elf.Open(busybox)
+	if err != nil {
+		return fmt.Errorf("busybox for %s: %w", arch, err)
+	}
+	defer f.Close()
+	if f.Machine != want {
+		return fmt.Errorf("busybox for %s: %s is for %s, want %s", arch, busybox, f.Machine, want)
+	}
+	return nil
+}
+
+// listFull asks busybox for its applets with their install paths: "bin/sh", "usr/bin/head", ...
+func listFull(busybox string) (map[string]bool, error) {
 	out, err := exec.Command(busybox, "--list-full").Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s --list-full: %w", busybox, err)
@@ -150,6 +188,60 @@ func busyboxLayer(busybox string) ([]byte, error) {
 		if strings.Contains(l, "/") && l != "bin/busybox" {
 			links[l] = true
 		}
+	}
+	return links, nil
+}
+
+// appletTableStart is how busybox's applet_names table begins: its names are sorted and NUL
+// separated, and "[" and "[[" (test) sort first. The install paths are packed in bit fields
+// that are not worth decoding for a test image: every applet goes to /bin.
+var appletTableStart = []byte("\x00[\x00[[\x00")
+
+// appletTable reads the applet names from the busybox binary, as "bin/<name>" links.
+func appletTable(busybox string) (map[string]bool, error) {
+	b, err := os.ReadFile(busybox)
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.Index(b, appletTableStart)
+	if i < 0 {
+		return nil, fmt.Errorf("%s: no applet name table found", busybox)
+	}
+	table := b[i+1:]
+	end := bytes.Index(table, []byte("\x00\x00")) // the table ends with an empty name
+	if end < 0 {
+		return nil, fmt.Errorf("%s: applet name table has no end", busybox)
+	}
+	links := map[string]bool{}
+	prev := ""
+	for _, name := range strings.Split(string(table[:end]), "\x00") {
+		// Sorted and printable, or this was not the table.
+		if name <= prev || strings.ContainsAny(name, "/ ") || !isPrint(name) {
+			return nil, fmt.Errorf("%s: applet name table: unexpected name %q after %q", busybox, name, prev)
+		}
+		prev = name
+		if name != "busybox" {
+			links["bin/"+name] = true
+		}
+	}
+	return links, nil
+}
+
+func isPrint(s string) bool {
+	for _, c := range []byte(s) {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// busyboxLayer is the uncompressed layer tar of the busybox image, with a symlink to
+// /bin/busybox at each path in links.
+func busyboxLayer(busybox string, links map[string]bool) ([]byte, error) {
+	bb, err := os.ReadFile(busybox)
+	if err != nil {
+		return nil, err
 	}
 	for _, applet := range []string{"sh", "echo", "cat", "uname", "sleep", "stty", "true", "false", "head", "wc", "ps"} {
 		if !links["bin/"+applet] && !links["usr/bin/"+applet] {

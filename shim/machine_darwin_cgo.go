@@ -1,0 +1,20 @@
+//go:build darwin && cgo
+
+package shim
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/vz-shim/containerd-shim-vz/vm"
+	"github.com/vz-shim/containerd-shim-vz/vm/vz"
+)
+
+func newMachine(ctx context.Context, backend string, cfg vm.Config) (vm.Machine, error) {
+	if backend != "vz" {
+		return nil, fmt.Errorf("backend %q: only vz runs on macOS: %w", backend, errdefs.ErrInvalidArgument)
+	}
+	return vz.New(ctx, cfg)
+}

@@ -1,0 +1,308 @@
+package vz
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/vz-shim/containerd-shim-vz/vm"
+)
+
+// Host is what the plan needs to know of the machine it runs on. On darwin
+// the limits come from Virtualization.framework itself
+// (VZVirtualMachineConfiguration's minimum/maximumAllowed...).
+type Host struct {
+	// Arch is the host architecture: VZ runs guests of that one only.
+	Arch string
+	// MinCPUs and MaxCPUs bound the vCPU count.
+	MinCPUs, MaxCPUs uint
+	// MinMemory and MaxMemory bound the memory size, in bytes.
+	MinMemory, MaxMemory uint64
+}
+
+// Plan is everything the darwin code sets up, decided and checked.
+type Plan struct {
+	ID     string
+	Kernel string // absolute
+	Initrd string // absolute
+	// CommandLine is the kernel command line.
+	CommandLine string
+	CPUs        uint
+	// MemoryBytes is a multiple of 1 MiB, as VZ requires.
+	MemoryBytes uint64
+	Disks       []DiskPlan
+	Shares      []SharePlan
+	// MAC is the NIC's address; nil: no NIC.
+	MAC net.HardwareAddr
+	// ConsoleLog receives the guest console (hvc0), appended to; "": the
+	// console goes nowhere.
+	ConsoleLog string
+	// Entropy gives the guest a virtio-rng device.
+	Entropy bool
+}
+
+// DiskPlan is one virtio-blk device over a raw disk image.
+type DiskPlan struct {
+	// ID is the block device identifier the guest finds the disk by.
+	ID       string
+	Path     string // absolute
+	ReadOnly bool
+	Caching  CachingMode
+	Sync     SyncMode
+}
+
+// SharePlan is one virtio-fs device sharing one host directory.
+type SharePlan struct {
+	Tag      string
+	Path     string // absolute
+	ReadOnly bool
+}
+
+// CachingMode mirrors vz.DiskImageCachingMode (kept apart so that the plan
+// builds without cgo).
+type CachingMode int
+
+// Caching modes.
+const (
+	CachingAutomatic CachingMode = iota
+	CachingUncached
+	CachingCached
+)
+
+// SyncMode mirrors vz.DiskImageSynchronizationMode.
+type SyncMode int
+
+// Synchronization modes.
+const (
+	SyncFull SyncMode = iota
+	SyncFsync
+	SyncNone
+)
+
+// VZ's own limits that it only reports when a configuration fails to
+// validate, checked here to name the culprit.
+const (
+	// maxDiskID: VZVirtioBlockDeviceConfiguration.blockDeviceIdentifier
+	// is at most 20 bytes of ASCII (the virtio-blk serial).
+	maxDiskID = 20
+	// maxShareTag: VZVirtioFileSystemDeviceConfiguration tags are at most
+	// 36 bytes of UTF-8 (the virtio-fs tag field).
+	maxShareTag = 36
+)
+
+// NewPlan checks cfg against what VZ and this host accept and decides how
+// each device is set up. Errors are errdefs.ErrInvalidArgument and name the
+// offending value or path.
+func NewPlan(cfg vm.Config, host Host) (Plan, error) {
+	p := Plan{ID: cfg.ID, Entropy: true}
+	arch := cfg.Arch
+	if arch == "" {
+		arch = host.Arch
+	}
+	if arch != host.Arch {
+		return p, invalid("arch %s: Virtualization.framework runs %s guests only on this host", arch, host.Arch)
+	}
+
+	if cfg.CPUs < 0 || uint(cfg.CPUs) < host.MinCPUs || uint(cfg.CPUs) > host.MaxCPUs {
+		return p, invalid("cpus %d: want %d to %d", cfg.CPUs, host.MinCPUs, host.MaxCPUs)
+	}
+	p.CPUs = uint(cfg.CPUs)
+	// MemoryMiB is whole MiB, so the 1 MiB multiple holds by construction.
+	mem := uint64(max(cfg.MemoryMiB, 0)) << 20
+	if cfg.MemoryMiB <= 0 || mem < host.MinMemory || mem > host.MaxMemory {
+		return p, invalid("memory %d MiB: want %d to %d MiB", cfg.MemoryMiB, host.MinMemory>>20, host.MaxMemory>>20)
+	}
+	p.MemoryBytes = mem
+
+	var err error
+	if p.Kernel, err = regularFile("kernel", cfg.Kernel); err != nil {
+		return p, err
+	}
+	if arch == "arm64" {
+		if err := checkArm64Image(p.Kernel); err != nil {
+			return p, err
+		}
+	}
+	if p.Initrd, err = regularFile("initrd", cfg.Initrd); err != nil {
+		return p, err
+	}
+	if cfg.ConsoleLog != "" {
+		if p.ConsoleLog, err = filepath.Abs(cfg.ConsoleLog); err != nil {
+			return p, invalid("console log: %v", err)
+		}
+	}
+
+	ids := make(map[string]bool, len(cfg.Disks))
+	for i, d := range cfg.Disks {
+		if err := checkDiskID(d.ID); err != nil {
+			return p, invalid("disk %d: id %q: %v", i, d.ID, err)
+		}
+		if ids[d.ID] {
+			return p, invalid("disk %d: duplicate id %q", i, d.ID)
+		}
+		ids[d.ID] = true
+		path, err := regularFile("disk "+d.ID, d.Path)
+		if err != nil {
+			return p, err
+		}
+		p.Disks = append(p.Disks, diskPlan(d.ID, path, d.ReadOnly))
+	}
+
+	tags := make(map[string]bool, len(cfg.Shares))
+	for i, s := range cfg.Shares {
+		if err := checkShareTag(s.Tag); err != nil {
+			return p, invalid("share %d: tag %q: %v", i, s.Tag, err)
+		}
+		if tags[s.Tag] {
+			return p, invalid("share %d: duplicate tag %q", i, s.Tag)
+		}
+		tags[s.Tag] = true
+		path, err := filepath.Abs(s.Path)
+		if err != nil {
+			return p, invalid("share %q: %v", s.Tag, err)
+		}
+		if fi, err := os.Stat(path); err != nil || !fi.IsDir() {
+			return p, invalid("share %q: %s is not a directory", s.Tag, path)
+		}
+		p.Shares = append(p.Shares, SharePlan{Tag: s.Tag, Path: path, ReadOnly: s.ReadOnly})
+	}
+
+	if cfg.Network {
+		p.MAC = macAddress(cfg.ID, cfg.StateDir)
+	}
+	p.CommandLine = commandLine(cfg.KernelArgs)
+	return p, nil
+}
+
+// commandLine is ours first, the caller's last so that they can override
+// (loglevel=7 brings the full boot log back). The agent reads vz.transport;
+// console=hvc0 is the virtio console VZ gives the guest; panic=-1 turns a
+// panic into a reboot, which VZ turns into a stopped VM.
+func commandLine(extra []string) string {
+	args := append([]string{"console=hvc0", "panic=-1", "quiet", "vz.transport=vsock"}, extra...)
+	return strings.Join(args, " ")
+}
+
+// diskPlan chooses the caching and sync modes. Every disk is cached on the
+// host: VZ's default (automatic, which means uncached on local storage) has
+// corrupted ext4 in Linux guests, an uncached read racing APFS's delayed
+// write-back into the holes of sparse images (lima#2026, UTM#5919); our
+// writable layers are sparse. A writable disk syncs with fsync: a guest
+// flush reaches the host kernel, which survives a crash of the VM or the
+// shim, without the drive cache flush of "full" (F_FULLFSYNC) that costs
+// milliseconds per guest flush; a container's writable layer does not
+// outlive a host power loss in any runtime. A read-only disk is never
+// written, so it needs no sync.
+func diskPlan(id, path string, readOnly bool) DiskPlan {
+	d := DiskPlan{ID: id, Path: path, ReadOnly: readOnly, Caching: CachingCached, Sync: SyncFsync}
+	if readOnly {
+		d.Sync = SyncNone
+	}
+	return d
+}
+
+// macAddress derives the NIC's address from the task, so that a VM gets the
+// same one (and from macOS's DHCP server, bootpd, the same lease) each time
+// its task boots, instead of a new lease per boot. The state dir is hashed
+// too: it holds the namespace, and two tasks of one id in two namespaces run
+// side by side on the same NAT network. The address is unicast and locally
+// administered.
+func macAddress(id, stateDir string) net.HardwareAddr {
+	sum := sha256.Sum256([]byte("containerd-vz\x00" + id + "\x00" + stateDir))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
+}
+
+// checkDiskID accepts what VZ takes and the guest reads back verbatim from
+// the virtio-blk serial: printable ASCII without spaces.
+func checkDiskID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("empty")
+	case len(id) > maxDiskID:
+		return fmt.Errorf("longer than %d characters", maxDiskID)
+	}
+	for _, r := range id {
+		if r <= ' ' || r > '~' {
+			return fmt.Errorf("character %q not allowed", r)
+		}
+	}
+	return nil
+}
+
+// checkShareTag accepts what VZ takes as a virtio-fs tag and the agent
+// mounts as <shares dir>/<tag> (agent/shares.go).
+func checkShareTag(tag string) error {
+	switch {
+	case tag == "":
+		return fmt.Errorf("empty")
+	case len(tag) > maxShareTag:
+		return fmt.Errorf("longer than %d bytes", maxShareTag)
+	case !utf8.ValidString(tag):
+		return fmt.Errorf("not UTF-8")
+	case tag == "." || tag == "..":
+		return fmt.Errorf("not a file name")
+	}
+	for _, r := range tag {
+		if r < ' ' || r == 0x7f || r == '/' || r == ',' {
+			return fmt.Errorf("character %q not allowed", r)
+		}
+	}
+	return nil
+}
+
+// checkArm64Image fails early on a kernel VZ would refuse with a bare
+// "Internal Virtualization error": on arm64 it boots only an uncompressed
+// Image (magic "ARM\x64" at offset 56), not a vmlinuz.
+func checkArm64Image(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("vz: kernel: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	defer f.Close()
+	var hdr [64]byte
+	if _, err := io.ReadFull(f, hdr[:]); err != nil {
+		return invalid("kernel %s: too short for an arm64 Image", path)
+	}
+	if !bytes.Equal(hdr[56:60], []byte("ARM\x64")) {
+		if hdr[0] == 0x1f && hdr[1] == 0x8b {
+			return invalid("kernel %s is gzip-compressed: Virtualization.framework boots only an uncompressed arm64 Image", path)
+		}
+		return invalid("kernel %s is not an arm64 Image", path)
+	}
+	return nil
+}
+
+// regularFile checks that path names a regular file, and returns it
+// absolute. The error names the path.
+func regularFile(what, path string) (string, error) {
+	if path == "" {
+		return "", invalid("%s not set", what)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", invalid("%s %s: %v", what, path, err)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		// The *PathError names the path; keep it for errors.Is(fs.ErrNotExist).
+		return "", fmt.Errorf("vz: %s: %w: %w", what, err, errdefs.ErrInvalidArgument)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", invalid("%s %s is not a regular file", what, abs)
+	}
+	return abs, nil
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("vz: "+format+": %w", append(args, errdefs.ErrInvalidArgument)...)
+}

@@ -1,0 +1,79 @@
+//go:build darwin && cgo
+
+package vz
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/Code-Hex/vz/v3"
+
+	"github.com/vz-shim/containerd-shim-vz/vm"
+)
+
+// New checks cfg, builds and validates its VZ configuration, and returns a
+// machine that is not started yet. ctx carries the logger the machine keeps
+// using.
+func New(ctx context.Context, cfg vm.Config) (vm.Machine, error) {
+	p, err := NewPlan(cfg, thisHost())
+	if err != nil {
+		return nil, err
+	}
+	c, err := configure(p)
+	if err != nil {
+		return nil, err
+	}
+	v, err := vz.NewVirtualMachine(c)
+	if err != nil {
+		return nil, fmt.Errorf("vz: vm %s: %w", cfg.ID, err)
+	}
+	// vz buffers every state change since NewVirtualMachine; this
+	// translates them. It ends with the shim (one VM per shim): vz never
+	// closes its channel.
+	states := make(chan State, 1)
+	go func() {
+		for s := range v.StateChangedNotify() {
+			states <- state(s)
+		}
+	}()
+	return newMachine(ctx, cfg.ID, &vzVM{VirtualMachine: v, states: states}), nil
+}
+
+// vzVM adapts vz.VirtualMachine to hypervisor.
+type vzVM struct {
+	*vz.VirtualMachine
+	states chan State
+}
+
+func (v *vzVM) Start() error         { return v.VirtualMachine.Start() }
+func (v *vzVM) State() State         { return state(v.VirtualMachine.State()) }
+func (v *vzVM) States() <-chan State { return v.states }
+
+// Connect goes through the VM's one socket device.
+func (v *vzVM) Connect(port uint32) (net.Conn, error) {
+	devs := v.SocketDevices()
+	if len(devs) == 0 {
+		return nil, fmt.Errorf("vz: the vm has no socket device")
+	}
+	c, err := devs[0].Connect(port)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func state(s vz.VirtualMachineState) State {
+	switch s {
+	case vz.VirtualMachineStateStopped:
+		return StateStopped
+	case vz.VirtualMachineStateRunning:
+		return StateRunning
+	case vz.VirtualMachineStatePaused:
+		return StatePaused
+	case vz.VirtualMachineStateError:
+		return StateError
+	default:
+		return StateOther
+	}
+}
