@@ -94,6 +94,7 @@ type container struct {
 	spec      *specs.Spec
 	runc      *runc.Runc
 	rootfs    string        // where Create mounted the rootfs mounts, if any
+	chain     []string      // mountpoints of a mount chain, in mount order
 	mounts    []mount.Mount // as given to Create, for the TaskCreate event
 	cgroup    *cgroup       // nil if unknown
 	oom       *os.File      // the OOM watch, closed at delete

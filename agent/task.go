@@ -264,6 +264,15 @@ func (c *container) mountRootfs() error {
 	if err != nil {
 		return err
 	}
+	if isChain(mounts) {
+		chain, err := mountChain(mounts, root, c.chainDir())
+		if err != nil {
+			_ = os.RemoveAll(c.chainDir())
+			return fmt.Errorf("mounting rootfs: %w", err)
+		}
+		c.rootfs, c.chain = root, chain
+		return nil
+	}
 	if err := mount.All(mounts, root); err != nil {
 		c.rootfs = root
 		_ = mount.UnmountRecursive(root, unix.MNT_DETACH)
@@ -277,8 +286,23 @@ func (c *container) mountRootfs() error {
 	return nil
 }
 
+// chainDir holds the mountpoints of the rootfs mount chain's inner
+// mounts (agent/mountchain.go).
+func (c *container) chainDir() string { return filepath.Join(c.bundle, "mounts") }
+
 func (c *container) unmountRootfs(ctx context.Context) {
 	if c.rootfs == "" {
+		return
+	}
+	if c.chain != nil {
+		if err := unmountChain(c.chain); err != nil {
+			log.G(ctx).WithError(err).WithField("rootfs", c.rootfs).Warn("unmounting rootfs")
+			return
+		}
+		c.rootfs, c.chain = "", nil
+		if err := os.RemoveAll(c.chainDir()); err != nil {
+			log.G(ctx).WithError(err).Warn("removing the rootfs mount chain's directories")
+		}
 		return
 	}
 	if err := mount.UnmountRecursive(c.rootfs, unix.MNT_DETACH); err != nil {

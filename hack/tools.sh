@@ -16,10 +16,13 @@ stamp_dir="$tools_dir/stamps"
 # written into the generated headers, and make proto-check compares those byte for byte.
 # staticcheck 2026.2.2 (v0.8.2) is the newest release; its go.mod targets Go 1.26 (2026.1 targets
 # Go 1.25). It was checked against this tree with Go 1.26.8.
+# registry is the real distribution registry (v3.1.2) the snapshotter's integration tests pull
+# from on loopback; it is installed outside this module (its own go.mod), like staticcheck.
 tools=(
 	"protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go v1.36.12 google.golang.org/protobuf"
 	"protoc-gen-go-ttrpc github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc v1.2.10 github.com/containerd/ttrpc"
 	"staticcheck honnef.co/go/tools/cmd/staticcheck v0.8.2 -"
+	"registry github.com/distribution/distribution/v3/cmd/registry v3.1.2 -"
 )
 
 if [ "${1:-}" = --bindir ]; then

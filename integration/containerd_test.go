@@ -42,6 +42,7 @@ type daemon struct {
 	logPath   string
 	vzConfig  string // runtime options file of the vz runtime
 	namespace string
+	snap      *snapDaemon // the vz snapshotter, when the snapshotter tests can run
 
 	cmd    *exec.Cmd
 	logf   *os.File
@@ -90,8 +91,22 @@ func startDaemon(bin binaries) (*daemon, error) {
 	if out, err := exec.Command(bin.mkfsExt4, "-q", "-F", scratch, scratchSize).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("mkfs.ext4 %s: %w: %s", scratch, err, out)
 	}
-	if err := os.WriteFile(d.config, []byte(d.configTOML(scratch)), 0o600); err != nil {
-		return nil, err
+	config := d.configTOML(scratch)
+	if bin.vzSnapshotter != "" {
+		// Started before containerd, which it serves as a proxy plugin.
+		if d.snap, err = startSnapshotter(bin, dir, d.address); err != nil {
+			return nil, err
+		}
+		example, err := os.ReadFile(bin.example)
+		if err != nil {
+			return d, err
+		}
+		if config, err = withVZSnapshotter(config, example, d.snap.address); err != nil {
+			return d, err
+		}
+	}
+	if err := os.WriteFile(d.config, []byte(config), 0o600); err != nil {
+		return d, err
 	}
 	if err := os.WriteFile(d.vzConfig, []byte(vzRuntimeTOML(bin)), 0o600); err != nil {
 		return nil, err
@@ -104,6 +119,10 @@ func startDaemon(bin binaries) (*daemon, error) {
 	d.exited = make(chan struct{})
 	if err := d.startAgain(); err != nil {
 		return d, err
+	}
+	if d.snap != nil {
+		// Not fatal to the suite: the snapshotter tests fail with this, the others run.
+		d.snap.err = d.snap.waitReady(30 * time.Second)
 	}
 	return d, nil
 }
@@ -156,13 +175,16 @@ disabled_plugins = [
     fs_type = "ext4"
 
   [plugins.'io.containerd.transfer.v1.local']
+    # differ named: with the vz differ configured, more than one would match the platform.
     [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
       platform = ` + q(platform) + `
       snapshotter = ` + q(snapshotter) + `
+      differ = "walking"
     # The directory snapshotter, for the tests of a directory rootfs.
     [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
       platform = ` + q(platform) + `
       snapshotter = "overlayfs"
+      differ = "walking"
 ` + arm64Unpack
 }
 
@@ -214,6 +236,12 @@ func (d *daemon) stop() error {
 	}
 	if d.logf != nil {
 		d.logf.Close()
+	}
+	if d.snap != nil {
+		if err := d.snap.stop(); err != nil {
+			errs = append(errs, err)
+			d.snap.dumpLog(os.Stderr, 0)
+		}
 	}
 
 	// Shims outlive containerd by design, so anything still here is a leak of a test.

@@ -69,12 +69,18 @@ func listProcs() []proc {
 // added.
 type baseline struct {
 	snapshots map[string]bool // blockfile snapshot files (the image's layer)
+	vzFiles   map[string]bool // files under the vz snapshotter's root
 }
 
 func (d *daemon) takeBaseline() baseline {
-	b := baseline{snapshots: map[string]bool{}}
+	b := baseline{snapshots: map[string]bool{}, vzFiles: map[string]bool{}}
 	for _, f := range d.snapshotFiles() {
 		b.snapshots[f] = true
+	}
+	if d.snap != nil {
+		for _, f := range d.snap.files() {
+			b.vzFiles[f] = true
+		}
 	}
 	return b
 }
@@ -103,16 +109,19 @@ func (d *daemon) ownedProcs() []proc {
 		byPID[p.pid] = p
 	}
 	self := os.Getpid()
-	daemonPID := -1
+	daemonPID, snapPID := -1, -1
 	if d.cmd != nil && d.cmd.Process != nil {
 		daemonPID = d.cmd.Process.Pid
+	}
+	if d.snap != nil && d.snap.alive() == nil {
+		snapPID = d.snap.cmd.Process.Pid
 	}
 	namesDir := func(p proc) bool {
 		return strings.Contains(p.cmdline, d.dir+"/") || p.cwd == d.dir || strings.HasPrefix(p.cwd, d.dir+"/")
 	}
 	var owned []proc
 	for _, p := range procs {
-		if p.pid == self || p.pid == daemonPID {
+		if p.pid == self || p.pid == daemonPID || p.pid == snapPID {
 			continue
 		}
 		for a, ok := p, true; ok && a.pid > 1 && a.pid != self && a.pid != daemonPID; a, ok = byPID[a.ppid] {
@@ -178,6 +187,14 @@ func (d *daemon) stateLeaks(base *baseline) []string {
 	for _, f := range d.snapshotFiles() {
 		if base == nil || !base.snapshots[f] {
 			problems = append(problems, "snapshot (disk image) "+f)
+		}
+	}
+	// The vz snapshotter's layer and writable images, and whatever else it keeps on disk.
+	if d.snap != nil {
+		for _, f := range d.snap.files() {
+			if base == nil || !base.vzFiles[f] {
+				problems = append(problems, "vz snapshotter file "+filepath.Join(d.snap.root, f))
+			}
 		}
 	}
 	for _, cg := range cgroupsUnder(d.namespace) {

@@ -40,6 +40,14 @@ type binaries struct {
 	kernel string // _output/guest/<arch>/kernel
 	initrd string // _output/guest/<arch>/initrd
 
+	// The snapshotter tests: vzSnapshotter is empty when they cannot run (containerd then runs
+	// without it).
+	vzSnapshotter string // _output/bin/containerd-vz-snapshotter
+	registry      string // _output/tools/bin/registry
+	e2fsck        string
+	debugfs       string
+	example       string // config.toml.example, whose vz parts the test containerd runs with
+
 	// path is the PATH containerd runs with: our shim, the runc shim, runc.
 	path string
 }
@@ -48,8 +56,9 @@ type binaries struct {
 var suite struct {
 	bin binaries
 	// skipAll, when set, is why every test skips; skipVZ why the vz subtests skip.
-	skipAll string
-	skipVZ  string
+	skipAll  string
+	skipVZ   string
+	skipSnap string // why the snapshotter tests skip
 
 	d          *daemon
 	hostKernel string // the host's uname -r
@@ -69,6 +78,9 @@ func runMain(m *testing.M) int {
 	if suite.skipVZ != "" {
 		banner(skipPrefix + "vz subtests: " + suite.skipVZ)
 	}
+	if suite.skipSnap = discoverSnapshotter(&suite.bin); suite.skipSnap != "" {
+		banner(skipPrefix + "snapshotter tests: " + suite.skipSnap)
+	}
 	release, err := os.ReadFile("/proc/sys/kernel/osrelease")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
@@ -81,6 +93,9 @@ func runMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
 		if d != nil {
 			d.dumpLog(os.Stderr, 0)
+			if d.snap != nil {
+				d.snap.dumpLog(os.Stderr, 0)
+			}
 			_ = d.stop()
 		}
 		return 1

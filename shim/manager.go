@@ -32,10 +32,13 @@ func (manager) Name() string { return Name }
 
 // mountCapabilities tells containerd which mounts the shim performs itself:
 // block images become disks and are mounted in the guest, never on the
-// host (which may be a Mac).
+// host (which may be a Mac). The guest agent resolves "format/" and
+// "mkdir/" chains (agent/mountchain.go); both must be claimed, because
+// containerd's mount manager honours a claim only for a whole suffix of a
+// type's transforms ("format/mkdir/overlay").
 var mountCapabilities = &types.MountCapabilities{
 	Types:      []string{"ext4", "ext3", "ext2", "xfs", "erofs"},
-	Transforms: []string{"format"},
+	Transforms: []string{"format", "mkdir"},
 }
 
 // Start re-executes the shim as the long-running server of one task, as

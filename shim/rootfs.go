@@ -46,15 +46,20 @@ type rootfsPlan struct {
 // host at the bundle's rootfs, as the runc shim does, and that directory is
 // shared into the VM; so is a rootfs the bundle already holds.
 func planRootfs(bundle string, mounts []*types.Mount, fstype string) (*rootfsPlan, error) {
-	nblock := 0
+	nblock, nchain := 0, 0
 	for _, m := range mounts {
-		if blockTypes[m.Type] {
+		switch {
+		case blockTypes[m.Type]:
 			nblock++
+		case isChainMount(m):
+			nchain++
 		}
 	}
 	switch {
-	case nblock > 0 && nblock < len(mounts):
+	case nblock > 0 && nblock+nchain < len(mounts):
 		return nil, fmt.Errorf("rootfs mixes block images and directories: %w", errdefs.ErrNotImplemented)
+	case nblock == 0 && nchain > 0:
+		return nil, fmt.Errorf("rootfs mount chain without block images: %w", errdefs.ErrNotImplemented)
 	case nblock > 0:
 		disks, guest, err := rootfsDisks(mounts)
 		if err != nil {
@@ -89,6 +94,11 @@ func rootfsDisks(mounts []*types.Mount) ([]vm.Disk, []*types.Mount, error) {
 		guest []*types.Mount
 	)
 	for i, m := range mounts {
+		if isChainMount(m) {
+			// Its templates refer to mounts by index: the order is kept.
+			guest = append(guest, m)
+			continue
+		}
 		if !blockTypes[m.Type] {
 			return nil, nil, fmt.Errorf("rootfs mount of type %q is not a block image (%s): %w", m.Type, blockTypeList(), errdefs.ErrInvalidArgument)
 		}
@@ -116,6 +126,13 @@ func rootfsDisks(mounts []*types.Mount) ([]vm.Disk, []*types.Mount, error) {
 		guest = append(guest, &types.Mount{Type: m.Type, Source: diskSourcePrefix + id, Target: m.Target, Options: opts})
 	}
 	return disks, guest, nil
+}
+
+// isChainMount reports whether m is a mount the guest resolves from the
+// mounts before it: "format/…" and "mkdir/…" types, as containerd's erofs
+// snapshotter in block mode and our own snapshotter hand out (agent/mountchain.go).
+func isChainMount(m *types.Mount) bool {
+	return strings.HasPrefix(m.Type, "format/") || strings.HasPrefix(m.Type, "mkdir/")
 }
 
 func blockTypeList() string {

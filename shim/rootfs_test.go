@@ -33,6 +33,37 @@ func TestPlanRootfsBlock(t *testing.T) {
 	}
 }
 
+// TestPlanRootfsChain: our snapshotter's mounts (writable image, layer
+// image, an overlay over them by index) become two disks, and the overlay
+// reaches the guest unchanged, in place.
+func TestPlanRootfsChain(t *testing.T) {
+	dir := t.TempDir()
+	rw, layer := filepath.Join(dir, "rw.ext4"), filepath.Join(dir, "layer.ext4")
+	for _, f := range []string{rw, layer} {
+		if err := os.WriteFile(f, make([]byte, 4096), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	overlay := &types.Mount{Type: "format/mkdir/overlay", Source: "overlay", Options: []string{"upperdir={{ mount 0 }}/upper", "lowerdir={{ mount 1 }}"}}
+	p, err := planRootfs(t.TempDir(), []*types.Mount{
+		{Type: "ext4", Source: rw, Options: []string{"rw", "loop"}},
+		{Type: "ext4", Source: layer, Options: []string{"ro", "loop"}},
+		overlay,
+	}, "9p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.disks) != 2 || p.disks[0].Path != rw || p.disks[0].ReadOnly || p.disks[1].Path != layer || !p.disks[1].ReadOnly {
+		t.Errorf("disks %+v", p.disks)
+	}
+	if len(p.guest) != 3 || p.guest[0].Source != "disk:rootfs0" || p.guest[1].Source != "disk:rootfs1" || p.guest[2] != overlay {
+		t.Errorf("guest mounts %+v", p.guest)
+	}
+	if _, err := planRootfs(t.TempDir(), []*types.Mount{overlay}, "9p"); !errdefs.IsNotImplemented(err) {
+		t.Errorf("a chain without images: %v, want not implemented", err)
+	}
+}
+
 func TestPlanRootfsDirectory(t *testing.T) {
 	// No mounts: the bundle's own rootfs directory is shared, if it exists.
 	bundle := t.TempDir()

@@ -1,0 +1,286 @@
+package integration
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// The vz snapshotter (cmd/containerd-vz-snapshotter) as containerd sees it: the proxy plugin names
+// of config.toml.example.
+const (
+	vzSnapshotter = "vz"
+	vzDiffer      = "vz-diff"
+)
+
+// discoverSnapshotter fills the snapshotter test prerequisites of bin and says why those tests
+// cannot run ("" when they can).
+func discoverSnapshotter(bin *binaries) string {
+	root, err := repoRoot()
+	if err != nil {
+		return err.Error()
+	}
+	bin.example = filepath.Join(root, "config.toml.example")
+	var missing []string
+	if p := filepath.Join(root, "_output", "bin", "containerd-vz-snapshotter"); isExecutable(p) {
+		bin.vzSnapshotter = p
+	} else {
+		missing = append(missing, p+" (make build)")
+	}
+	if p := filepath.Join(root, "_output", "tools", "bin", "registry"); isExecutable(p) {
+		bin.registry = p
+	} else {
+		missing = append(missing, p+" (make tools)")
+	}
+	for _, t := range []struct {
+		name string
+		dst  *string
+	}{{"e2fsck", &bin.e2fsck}, {"debugfs", &bin.debugfs}} {
+		if *t.dst, err = lookPath(t.name, bin.path); err != nil {
+			missing = append(missing, t.name+" (apt-get install e2fsprogs)")
+		}
+	}
+	if _, err := os.Stat(bin.example); err != nil {
+		missing = append(missing, bin.example)
+	}
+	if len(missing) > 0 {
+		bin.vzSnapshotter = "" // containerd is then configured without it
+		return "missing " + strings.Join(missing, ", ")
+	}
+	return ""
+}
+
+// snapDaemon is a running containerd-vz-snapshotter: one per containerd of the tests, its root
+// under the containerd's temporary directory.
+type snapDaemon struct {
+	root    string
+	address string
+	logPath string
+
+	cmd    *exec.Cmd
+	logf   *os.File
+	exited chan struct{}
+	// err, once set, is why the snapshotter does not serve: every snapshotter test fails with it.
+	err error
+}
+
+// startSnapshotter starts the snapshotter daemon; it may only serve once containerd is up (its
+// differ reads containerd's content store), so readiness is waitReady's business.
+func startSnapshotter(bin binaries, dir, containerdAddress string) (*snapDaemon, error) {
+	s := &snapDaemon{
+		root:    filepath.Join(dir, "vz-snapshotter"),
+		address: filepath.Join(dir, "vz-snapshotter.sock"),
+		logPath: filepath.Join(dir, "vz-snapshotter.log"),
+		exited:  make(chan struct{}),
+	}
+	var err error
+	if s.logf, err = os.Create(s.logPath); err != nil {
+		return nil, err
+	}
+	s.cmd = exec.Command(bin.vzSnapshotter, "--root", s.root, "--address", s.address,
+		"--containerd-address", containerdAddress, "--log-level", "debug")
+	s.cmd.Stdout, s.cmd.Stderr = s.logf, s.logf
+	s.cmd.Env = append(os.Environ(), "PATH="+bin.path)
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := s.cmd.Start(); err != nil {
+		s.logf.Close()
+		return nil, fmt.Errorf("start %s: %w", bin.vzSnapshotter, err)
+	}
+	go func() {
+		_ = s.cmd.Wait()
+		close(s.exited)
+	}()
+	return s, nil
+}
+
+// waitReady waits until the snapshotter accepts connections on its socket.
+func (s *snapDaemon) waitReady(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case <-s.exited:
+			return fmt.Errorf("containerd-vz-snapshotter exited during start-up: %v", s.cmd.ProcessState)
+		default:
+		}
+		if c, err := net.Dial("unix", s.address); err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd-vz-snapshotter not listening on %s after %s", s.address, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// alive is nil while the snapshotter runs and serves.
+func (s *snapDaemon) alive() error {
+	if s.err != nil {
+		return s.err
+	}
+	select {
+	case <-s.exited:
+		return fmt.Errorf("containerd-vz-snapshotter exited: %v", s.cmd.ProcessState)
+	default:
+		return nil
+	}
+}
+
+func (s *snapDaemon) stop() error {
+	defer s.logf.Close()
+	select {
+	case <-s.exited:
+		if st := s.cmd.ProcessState; st != nil && !st.Success() {
+			return fmt.Errorf("containerd-vz-snapshotter had exited: %v", st)
+		}
+		return nil
+	default:
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+		return nil
+	case <-time.After(15 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+		return errors.New("containerd-vz-snapshotter ignored SIGTERM for 15s")
+	}
+}
+
+func (s *snapDaemon) logSize() int64 {
+	fi, err := os.Stat(s.logPath)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+func (s *snapDaemon) logSince(offset int64) string {
+	f, err := os.Open(s.logPath)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return ""
+	}
+	b, _ := io.ReadAll(f)
+	return string(b)
+}
+
+func (s *snapDaemon) dumpLog(w io.Writer, offset int64) {
+	fmt.Fprintf(w, "---- containerd-vz-snapshotter log (%s) ----\n%s---- end of containerd-vz-snapshotter log ----\n",
+		s.logPath, tailLines(s.logSince(offset), maxLogLines))
+}
+
+// files lists the files and directories under the snapshotter's root, relative to it, but its
+// metadata database and top-level directories.
+func (s *snapDaemon) files() []string {
+	var files []string
+	_ = filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == s.root {
+			return nil
+		}
+		rel, _ := filepath.Rel(s.root, p)
+		// Its database, and the directories it makes once (snapshots/, ...): what is in them counts.
+		if rel == "metadata.db" || (d.IsDir() && !strings.Contains(rel, "/")) {
+			return nil
+		}
+		files = append(files, rel)
+		return nil
+	})
+	sort.Strings(files)
+	return files
+}
+
+// snapshotDirs lists <root>/snapshots/*.
+func (s *snapDaemon) snapshotDirs() []string {
+	ents, _ := os.ReadDir(filepath.Join(s.root, "snapshots"))
+	var dirs []string
+	for _, e := range ents {
+		dirs = append(dirs, filepath.Join(s.root, "snapshots", e.Name()))
+	}
+	return dirs
+}
+
+// withVZSnapshotter returns the containerd configuration base with the vz parts of
+// config.toml.example merged in, so that the example is what the tests run: its proxy plugins
+// (their address replaced by the test snapshotter's socket), its diff service order, and its
+// transfer service unpack entries that name a proxy snapshotter (appended to base's).
+func withVZSnapshotter(base string, example []byte, address string) (string, error) {
+	var cfg, ex map[string]any
+	if err := toml.Unmarshal([]byte(base), &cfg); err != nil {
+		return "", fmt.Errorf("test config: %w", err)
+	}
+	if err := toml.Unmarshal(example, &ex); err != nil {
+		return "", fmt.Errorf("config.toml.example: %w", err)
+	}
+	exProxies, ok := ex["proxy_plugins"].(map[string]any)
+	if !ok {
+		return "", errors.New("config.toml.example: no [proxy_plugins]")
+	}
+	proxies := map[string]any{}
+	snapshotters := map[string]bool{}
+	for name, v := range exProxies {
+		p, ok := v.(map[string]any)
+		if !ok {
+			return "", fmt.Errorf("config.toml.example: proxy_plugins.%s is not a table", name)
+		}
+		p["address"] = address
+		proxies[name] = p
+		if p["type"] == "snapshot" {
+			snapshotters[name] = true
+		}
+	}
+	if !snapshotters[vzSnapshotter] || proxies[vzDiffer] == nil {
+		return "", fmt.Errorf("config.toml.example: want proxy plugins %s and %s", vzSnapshotter, vzDiffer)
+	}
+	cfg["proxy_plugins"] = proxies
+
+	exPlugins, _ := ex["plugins"].(map[string]any)
+	plugins, _ := cfg["plugins"].(map[string]any)
+	if exPlugins == nil || plugins == nil {
+		return "", errors.New("no [plugins] in the test config or config.toml.example")
+	}
+	const diffService, transfer = "io.containerd.service.v1.diff-service", "io.containerd.transfer.v1.local"
+	ds, ok := exPlugins[diffService]
+	if !ok {
+		return "", fmt.Errorf("config.toml.example: no [plugins.'%s']", diffService)
+	}
+	plugins[diffService] = ds
+
+	exTransfer, _ := exPlugins[transfer].(map[string]any)
+	tr, _ := plugins[transfer].(map[string]any)
+	if exTransfer == nil || tr == nil {
+		return "", fmt.Errorf("no [plugins.'%s'] in the test config or config.toml.example", transfer)
+	}
+	exUnpack, _ := exTransfer["unpack_config"].([]any)
+	unpack, _ := tr["unpack_config"].([]any)
+	n := len(unpack)
+	for _, u := range exUnpack {
+		if m, ok := u.(map[string]any); ok && snapshotters[fmt.Sprint(m["snapshotter"])] {
+			unpack = append(unpack, m)
+		}
+	}
+	if len(unpack) == n {
+		return "", fmt.Errorf("config.toml.example: no unpack_config entry names snapshotter %s", vzSnapshotter)
+	}
+	tr["unpack_config"] = unpack
+
+	out, err := toml.Marshal(cfg)
+	if err != nil {
+		return "", err
+	}
+	return string(out), nil
+}
