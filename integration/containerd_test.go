@@ -366,17 +366,29 @@ func finish(ctx context.Context, cmd *exec.Cmd, r result, err error) (result, er
 }
 
 // logSize is the current length of containerd's log, a mark for dumpLog and logSince.
-func (d *daemon) logSize() int64 {
-	fi, err := os.Stat(d.logPath)
+func (d *daemon) logSize() int64 { return fileSize(d.logPath) }
+
+// logSince returns containerd's log from offset on.
+func (d *daemon) logSince(offset int64) string { return fileSince(d.logPath, offset) }
+
+// dumpLog writes containerd's log from offset on (its last maxLogLines lines) to w.
+func (d *daemon) dumpLog(w io.Writer, offset int64) { dumpLog(w, "containerd", d.logPath, offset) }
+
+// maxLogLines bounds how much of a daemon's log a failure shows.
+const maxLogLines = 300
+
+// fileSize is the length of a daemon's log file, 0 if it cannot be read.
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
 	if err != nil {
 		return 0
 	}
 	return fi.Size()
 }
 
-// logSince returns containerd's log from offset on.
-func (d *daemon) logSince(offset int64) string {
-	f, err := os.Open(d.logPath)
+// fileSince returns the log file at path from offset on.
+func fileSince(path string, offset int64) string {
+	f, err := os.Open(path)
 	if err != nil {
 		return ""
 	}
@@ -388,13 +400,9 @@ func (d *daemon) logSince(offset int64) string {
 	return string(b)
 }
 
-// maxLogLines bounds how much of containerd's log a failure shows.
-const maxLogLines = 300
-
-// dumpLog writes containerd's log from offset on (its last maxLogLines lines) to w.
-func (d *daemon) dumpLog(w io.Writer, offset int64) {
-	fmt.Fprintf(w, "---- containerd log (%s) ----\n%s---- end of containerd log ----\n",
-		d.logPath, tailLines(d.logSince(offset), maxLogLines))
+// dumpLog writes the last maxLogLines lines of the log file at path, from offset on, to w.
+func dumpLog(w io.Writer, name, path string, offset int64) {
+	fmt.Fprintf(w, "---- %s log (%s) ----\n%s---- end of %s log ----\n", name, path, tailLines(fileSince(path, offset), maxLogLines), name)
 }
 
 func tailLines(s string, n int) string {

@@ -158,30 +158,12 @@ func (s *snapDaemon) stop() error {
 	}
 }
 
-func (s *snapDaemon) logSize() int64 {
-	fi, err := os.Stat(s.logPath)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
-}
+func (s *snapDaemon) logSize() int64 { return fileSize(s.logPath) }
 
-func (s *snapDaemon) logSince(offset int64) string {
-	f, err := os.Open(s.logPath)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		return ""
-	}
-	b, _ := io.ReadAll(f)
-	return string(b)
-}
+func (s *snapDaemon) logSince(offset int64) string { return fileSince(s.logPath, offset) }
 
 func (s *snapDaemon) dumpLog(w io.Writer, offset int64) {
-	fmt.Fprintf(w, "---- containerd-vz-snapshotter log (%s) ----\n%s---- end of containerd-vz-snapshotter log ----\n",
-		s.logPath, tailLines(s.logSince(offset), maxLogLines))
+	dumpLog(w, "containerd-vz-snapshotter", s.logPath, offset)
 }
 
 // files lists the files and directories under the snapshotter's root, relative to it, but its

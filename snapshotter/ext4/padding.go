@@ -3,28 +3,7 @@ package ext4
 import (
 	"encoding/binary"
 	"fmt"
-	"io"
 )
-
-// ext4 on-disk constants used by setInodeBitmapPadding.
-const (
-	superblockOffset = 1024
-	superblockSize   = 1024
-	ext4Magic        = 0xEF53
-
-	incompat64bit      = 0x80
-	roCompatGdtCsum    = 0x10
-	roCompatMetadataCs = 0x400
-	bgInodeUninit      = 0x1
-
-	descSize32 = 32
-	descSize64 = 64
-)
-
-type imageFile interface {
-	io.ReaderAt
-	io.WriterAt
-}
 
 // setInodeBitmapPadding sets, in every group's inode bitmap block, the bits
 // past s_inodes_per_group. The kernel ignores them but e2fsck insists they are
@@ -33,72 +12,41 @@ type imageFile interface {
 // e2fsck and the kernel never read those blocks and synthesize the bitmap,
 // padding included.
 func setInodeBitmapPadding(f imageFile) error {
-	sb := make([]byte, superblockSize)
-	if _, err := f.ReadAt(sb, superblockOffset); err != nil {
-		return fmt.Errorf("reading ext4 superblock: %w", err)
+	g, err := readGeometry(f)
+	if err != nil {
+		return err
 	}
-	le := binary.LittleEndian
-	if le.Uint16(sb[0x38:]) != ext4Magic {
-		return fmt.Errorf("not an ext4 image: bad superblock magic")
-	}
-	var (
-		blocksLo       = uint64(le.Uint32(sb[0x4:]))
-		firstDataBlock = uint64(le.Uint32(sb[0x14:]))
-		logBlockSize   = le.Uint32(sb[0x18:])
-		blocksPerGroup = uint64(le.Uint32(sb[0x20:]))
-		inodesPerGroup = uint64(le.Uint32(sb[0x28:]))
-		incompat       = le.Uint32(sb[0x60:])
-		roCompat       = le.Uint32(sb[0x64:])
-		descSize       = uint64(le.Uint16(sb[0xFE:]))
-		blocksHi       = uint64(le.Uint32(sb[0x150:]))
-	)
-	if logBlockSize > 6 {
-		return fmt.Errorf("ext4 superblock: bad block size shift %d", logBlockSize)
-	}
-	bs := uint64(1024) << logBlockSize
-	blocks := blocksLo
-	if incompat&incompat64bit != 0 {
-		blocks |= blocksHi << 32
-		if descSize < descSize64 || descSize > bs || descSize&(descSize-1) != 0 {
-			return fmt.Errorf("ext4 superblock: bad descriptor size %d", descSize)
-		}
-	} else {
-		descSize = descSize32
-	}
-	if blocksPerGroup == 0 || inodesPerGroup == 0 || inodesPerGroup > bs*8 || blocks <= firstDataBlock {
-		return fmt.Errorf("ext4 superblock: inconsistent geometry")
-	}
-	if inodesPerGroup == bs*8 {
+	bs := g.blockSize
+	if g.inodesPerGroup == bs*8 {
 		return nil // no padding
 	}
-	groups := (blocks - firstDataBlock + blocksPerGroup - 1) / blocksPerGroup
-	csum := roCompat&(roCompatGdtCsum|roCompatMetadataCs) != 0
-
-	gdt := make([]byte, groups*descSize)
-	if _, err := f.ReadAt(gdt, int64((firstDataBlock+1)*bs)); err != nil {
-		return fmt.Errorf("reading ext4 group descriptors: %w", err)
+	csum := g.roCompat&(roCompatGdtCsum|roCompatMetadataCs) != 0
+	gdt, err := g.readGDT(f)
+	if err != nil {
+		return err
 	}
+	le := binary.LittleEndian
 	bitmap := make([]byte, bs)
-	for g := range groups {
-		d := gdt[g*descSize : (g+1)*descSize]
+	for i := range g.groups {
+		d := gdt[i*g.descSize : (i+1)*g.descSize]
 		if csum && le.Uint16(d[0x12:])&bgInodeUninit != 0 {
 			continue
 		}
 		loc := uint64(le.Uint32(d[0x4:]))
-		if descSize >= descSize64 {
+		if g.descSize >= descSize64 {
 			loc |= uint64(le.Uint32(d[0x24:])) << 32
 		}
-		if loc == 0 || loc >= blocks {
-			return fmt.Errorf("ext4 group %d: inode bitmap block %d out of range", g, loc)
+		if loc == 0 || loc >= g.blocks {
+			return fmt.Errorf("ext4 group %d: inode bitmap block %d out of range", i, loc)
 		}
 		if _, err := f.ReadAt(bitmap, int64(loc*bs)); err != nil {
-			return fmt.Errorf("reading inode bitmap of group %d: %w", g, err)
+			return fmt.Errorf("reading inode bitmap of group %d: %w", i, err)
 		}
-		if !setBitsFrom(bitmap, inodesPerGroup) {
+		if !setBitsFrom(bitmap, g.inodesPerGroup) {
 			continue
 		}
 		if _, err := f.WriteAt(bitmap, int64(loc*bs)); err != nil {
-			return fmt.Errorf("writing inode bitmap of group %d: %w", g, err)
+			return fmt.Errorf("writing inode bitmap of group %d: %w", i, err)
 		}
 	}
 	return nil

@@ -7,11 +7,6 @@ import (
 	"hash/crc32"
 )
 
-const (
-	incompatCsumSeed = 0x2000
-	bgBlockUninit    = 0x2
-)
-
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // crc32cRaw is ext4's crc32c: no inversion on entry or exit.
@@ -32,40 +27,29 @@ func crc32cRaw(crc uint32, b []byte) uint32 { return ^crc32.Update(^crc, castagn
 // from that rule has the stored checksum, so an image laid out differently
 // (a fixed continuity) is left alone.
 func fixBlockBitmaps(f imageFile) error {
-	sb := make([]byte, superblockSize)
-	if _, err := f.ReadAt(sb, superblockOffset); err != nil {
-		return fmt.Errorf("reading ext4 superblock: %w", err)
+	g, err := readGeometry(f)
+	if err != nil {
+		return err
 	}
-	le := binary.LittleEndian
-	if le.Uint16(sb[0x38:]) != ext4Magic {
-		return fmt.Errorf("not an ext4 image: bad superblock magic")
-	}
-	var (
-		blocks         = uint64(le.Uint32(sb[0x4:]))
-		firstDataBlock = uint64(le.Uint32(sb[0x14:]))
-		logBlockSize   = le.Uint32(sb[0x18:])
-		blocksPerGroup = uint64(le.Uint32(sb[0x20:]))
-		incompat       = le.Uint32(sb[0x60:])
-		roCompat       = le.Uint32(sb[0x64:])
-		descSize       = uint64(le.Uint16(sb[0xFE:]))
-	)
-	if roCompat&roCompatMetadataCs == 0 || incompat&incompat64bit == 0 || descSize < descSize64 || logBlockSize > 6 {
+	if g.roCompat&roCompatMetadataCs == 0 || !g.is64bit() {
 		return nil // not the layout this repairs
 	}
-	bs := uint64(1024) << logBlockSize
-	blocks |= uint64(le.Uint32(sb[0x150:])) << 32
-	if blocksPerGroup == 0 || blocksPerGroup > bs*8 || blocks <= firstDataBlock || descSize > bs {
-		return fmt.Errorf("ext4 superblock: inconsistent geometry")
+	var (
+		le             = binary.LittleEndian
+		bs             = g.blockSize
+		blocks         = g.blocks
+		firstDataBlock = g.firstDataBlock
+		blocksPerGroup = g.blocksPerGroup
+		descSize       = g.descSize
+		groups         = g.groups
+	)
+	seed := crc32cRaw(^uint32(0), g.sb[0x68:0x78]) // s_uuid
+	if g.incompat&incompatCsumSeed != 0 {
+		seed = le.Uint32(g.sb[0x270:])
 	}
-	seed := crc32cRaw(^uint32(0), sb[0x68:0x78]) // s_uuid
-	if incompat&incompatCsumSeed != 0 {
-		seed = le.Uint32(sb[0x270:])
-	}
-	groups := (blocks - firstDataBlock + blocksPerGroup - 1) / blocksPerGroup
-	gdtOff := int64((firstDataBlock + 1) * bs)
-	gdt := make([]byte, groups*descSize)
-	if _, err := f.ReadAt(gdt, gdtOff); err != nil {
-		return fmt.Errorf("reading ext4 group descriptors: %w", err)
+	gdt, err := g.readGDT(f)
+	if err != nil {
+		return err
 	}
 
 	gdtChanged := false
@@ -110,7 +94,7 @@ func fixBlockBitmaps(f imageFile) error {
 		}
 	}
 	if gdtChanged {
-		if _, err := f.WriteAt(gdt, gdtOff); err != nil {
+		if _, err := f.WriteAt(gdt, g.gdtOffset()); err != nil {
 			return fmt.Errorf("writing ext4 group descriptors: %w", err)
 		}
 	}
