@@ -312,6 +312,25 @@ func (c *container) unmountRootfs(ctx context.Context) {
 	c.rootfs = ""
 }
 
+// runcDelete runs runc delete --force, again after a moment when it fails:
+// with a host pid namespace, runc freezes the cgroup to kill what is left,
+// and a process still exiting makes that fail at times ("invalid state
+// transition from stopped to paused", seen with runc 1.1.5 on cgroup v1).
+func (c *container) runcDelete(ctx context.Context) error {
+	var err error
+	for range 3 {
+		if err = c.runc.Delete(ctx, c.id, &runc.DeleteOpts{Force: true}); err == nil || isNotExist(err) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return runtimeError(c.runc, err, "runc delete")
+}
+
 // forceDelete removes whatever runc may have made of a container whose
 // creation failed.
 func (c *container) forceDelete(ctx context.Context) {
@@ -664,8 +683,8 @@ func (s *taskService) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*ta
 	if status == task.Status_CREATED {
 		// runc delete --force kills the waiting init; its exit arrives
 		// through the reaper like any other.
-		if err := c.runc.Delete(ctx, c.id, &runc.DeleteOpts{Force: true}); err != nil && !isNotExist(err) {
-			return nil, runtimeError(c.runc, err, "runc delete")
+		if err := c.runcDelete(ctx); err != nil {
+			return nil, err
 		}
 		select {
 		case <-p.done:
@@ -674,8 +693,8 @@ func (s *taskService) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*ta
 		}
 	} else {
 		<-p.done
-		if err := c.runc.Delete(ctx, c.id, &runc.DeleteOpts{Force: true}); err != nil && !isNotExist(err) {
-			return nil, runtimeError(c.runc, err, "runc delete")
+		if err := c.runcDelete(ctx); err != nil {
+			return nil, err
 		}
 	}
 	for id, e := range c.execs {
