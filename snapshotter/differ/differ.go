@@ -5,6 +5,7 @@
 package differ
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -121,7 +122,9 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	}()
 
 	compressed := &digestCounter{d: desc.Digest.Algorithm().Digester()}
-	raw := io.TeeReader(content.NewReader(ra), compressed)
+	// Every ReadAt of containerd's content proxy is a gRPC stream of its
+	// own: read the blob in large pieces.
+	raw := io.TeeReader(bufio.NewReaderSize(content.NewReader(ra), blobReadSize), compressed)
 	rc, err := ext4.Decompress(raw)
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("failed to decompress layer blob %s: %w", desc.Digest, err)
@@ -181,6 +184,10 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 func (d *Differ) Compare(ctx context.Context, lower, upper []mount.Mount, opts ...diff.Opt) (ocispec.Descriptor, error) {
 	return ocispec.Descriptor{}, fmt.Errorf("vz differ cannot compute diffs (the host does not mount ext4 images): %w", errdefs.ErrNotImplemented)
 }
+
+// blobReadSize is how much of a layer blob one read from containerd's
+// content store asks for.
+const blobReadSize = 1 << 20
 
 type digestCounter struct {
 	d digest.Digester
