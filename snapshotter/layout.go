@@ -127,3 +127,17 @@ func SnapshotDirFromMounts(root string, mounts []mount.Mount) (string, error) {
 func isID(name string) bool {
 	return name != "" && strings.Trim(name, "0123456789") == ""
 }
+
+// SyncPath flushes a file or a directory to disk. A read-only descriptor
+// suffices for fsync, and is all a directory can be opened with.
+func SyncPath(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -47,7 +47,7 @@ func (s *Snapshotter) ensureMerged(ctx context.Context, chain []string) (string,
 		os.Remove(tmp)
 		return "", fmt.Errorf("failed to merge %d layers below snapshot %s: %w", len(chain), chain[0], err)
 	}
-	if err := syncFile(tmp); err != nil {
+	if err := SyncPath(tmp); err != nil {
 		os.Remove(tmp)
 		return "", err
 	}
@@ -93,16 +93,4 @@ type closeBoth struct {
 
 func (c *closeBoth) Close() error {
 	return errors.Join(c.ReadCloser.Close(), c.under.Close())
-}
-
-func syncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

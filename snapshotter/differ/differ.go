@@ -150,7 +150,7 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 			desc.Digest, compressed.n, got, desc.Size, errdefs.ErrFailedPrecondition)
 	}
 
-	if err := syncFile(tmp); err != nil {
+	if err := snapshotter.SyncPath(tmp); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	diffID := uncompressed.d.Digest()
@@ -168,7 +168,7 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	if err := os.Rename(tmp, final); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	if err := syncFile(dir); err != nil {
+	if err := snapshotter.SyncPath(dir); err != nil {
 		log.G(ctx).WithError(err).WithField("dir", dir).Warn("failed to sync snapshot directory")
 	}
 	log.G(ctx).WithField("blob", desc.Digest).WithField("diffID", diffID).WithField("entries", stats.Entries).Debug("layer applied")
@@ -197,16 +197,4 @@ type digestCounter struct {
 func (c *digestCounter) Write(p []byte) (int, error) {
 	c.n += int64(len(p))
 	return c.d.Hash().Write(p)
-}
-
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

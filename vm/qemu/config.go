@@ -170,28 +170,11 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("qemu: "+format+": %w", append(args, errdefs.ErrInvalidArgument)...)
 }
 
-// readableFile checks that path names a regular file we can open, and
-// returns it absolute. The error names the path.
+// readableFile is vm.ReadableFile with the backend's name on its errors.
 func readableFile(what, path string) (string, error) {
-	if path == "" {
-		return "", invalid("%s not set", what)
-	}
-	abs, err := filepath.Abs(path)
+	abs, err := vm.ReadableFile(what, path)
 	if err != nil {
-		return "", invalid("%s %s: %v", what, path, err)
-	}
-	f, err := os.Open(abs)
-	if err != nil {
-		// The *PathError names the path; keep it for errors.Is(fs.ErrNotExist).
-		return "", fmt.Errorf("qemu: %s: %w: %w", what, err, errdefs.ErrInvalidArgument)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", fmt.Errorf("qemu: %s: %w: %w", what, err, errdefs.ErrInvalidArgument)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", invalid("%s %s is not a regular file", what, abs)
+		return "", fmt.Errorf("qemu: %w", err)
 	}
 	return abs, nil
 }

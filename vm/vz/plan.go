@@ -282,23 +282,11 @@ func checkArm64Image(path string) error {
 	return nil
 }
 
-// regularFile checks that path names a regular file, and returns it
-// absolute. The error names the path.
+// regularFile is vm.ReadableFile with the backend's name on its errors.
 func regularFile(what, path string) (string, error) {
-	if path == "" {
-		return "", invalid("%s not set", what)
-	}
-	abs, err := filepath.Abs(path)
+	abs, err := vm.ReadableFile(what, path)
 	if err != nil {
-		return "", invalid("%s %s: %v", what, path, err)
-	}
-	fi, err := os.Stat(abs)
-	if err != nil {
-		// The *PathError names the path; keep it for errors.Is(fs.ErrNotExist).
-		return "", fmt.Errorf("vz: %s: %w: %w", what, err, errdefs.ErrInvalidArgument)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", invalid("%s %s is not a regular file", what, abs)
+		return "", fmt.Errorf("vz: %w", err)
 	}
 	return abs, nil
 }
