@@ -590,15 +590,40 @@ func TestSnapshotterRunVM(t *testing.T) {
 		t.Errorf("after ctr containers rm: snapshot directories %q, want the image's %q", left, afterPull)
 	}
 
-	// A new container of the same image starts from the image, not from what the first wrote.
+	// A new container of the same image starts from the image, not from what the first wrote;
+	// and it sees the same view through one merged image: with --max-layers 1 the snapshotter
+	// merges the image's four layers (whiteouts, opaque directory, hardlinks applied) into one.
+	if err := h.s.restart("--max-layers", "1"); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := h.s.restart(); err != nil {
+				t.Errorf("restart the snapshotter with its default flags: %v", err)
+			}
+		}
+	}
+	t.Cleanup(restore)
 	id2 := h.newID("snapvm-new")
 	args := append(append([]string{"run", "--rm"}, h.fifoFlag()...), vmFlags...)
 	r := h.ctr(append(args, ref, id2, "sh", "-c", vmScript)...)
 	if r.code != 0 {
 		t.Fatalf("run a new container: %s", r)
 	}
-	t.Logf("new container %s ran in %s", id2, r.elapsed.Round(time.Millisecond))
+	t.Logf("new container %s (one merged layer image) ran in %s", id2, r.elapsed.Round(time.Millisecond))
 	check("new container", r.stdout, "first")
+	merged, _ := filepath.Glob(filepath.Join(h.s.root, "merged", "*.ext4"))
+	if len(merged) != 1 {
+		t.Errorf("merged images %q, want one", merged)
+	}
+	for _, m := range merged {
+		if err := fsck(m); err != nil {
+			t.Error(err)
+		}
+	}
+	restore()
 
 	h.removeImage(ref)
 	if left := h.waitSnapshotDirs(before, 30*time.Second); !slices.Equal(left, before) {

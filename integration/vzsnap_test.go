@@ -64,9 +64,11 @@ func discoverSnapshotter(bin *binaries) string {
 // snapDaemon is a running containerd-vz-snapshotter: one per containerd of the tests, its root
 // under the containerd's temporary directory.
 type snapDaemon struct {
-	root    string
-	address string
-	logPath string
+	bin               binaries
+	containerdAddress string
+	root              string
+	address           string
+	logPath           string
 
 	cmd    *exec.Cmd
 	logf   *os.File
@@ -79,29 +81,53 @@ type snapDaemon struct {
 // differ reads containerd's content store), so readiness is waitReady's business.
 func startSnapshotter(bin binaries, dir, containerdAddress string) (*snapDaemon, error) {
 	s := &snapDaemon{
-		root:    filepath.Join(dir, "vz-snapshotter"),
-		address: filepath.Join(dir, "vz-snapshotter.sock"),
-		logPath: filepath.Join(dir, "vz-snapshotter.log"),
-		exited:  make(chan struct{}),
+		bin:               bin,
+		containerdAddress: containerdAddress,
+		root:              filepath.Join(dir, "vz-snapshotter"),
+		address:           filepath.Join(dir, "vz-snapshotter.sock"),
+		logPath:           filepath.Join(dir, "vz-snapshotter.log"),
 	}
 	var err error
 	if s.logf, err = os.Create(s.logPath); err != nil {
 		return nil, err
 	}
-	s.cmd = exec.Command(bin.vzSnapshotter, "--root", s.root, "--address", s.address,
-		"--containerd-address", containerdAddress, "--log-level", "debug")
+	if err := s.start(); err != nil {
+		s.logf.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// start runs the daemon with the suite's flags and extra ones.
+func (s *snapDaemon) start(extra ...string) error {
+	s.exited = make(chan struct{})
+	args := append([]string{"--root", s.root, "--address", s.address,
+		"--containerd-address", s.containerdAddress, "--log-level", "debug"}, extra...)
+	s.cmd = exec.Command(s.bin.vzSnapshotter, args...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logf, s.logf
-	s.cmd.Env = append(os.Environ(), "PATH="+bin.path)
+	s.cmd.Env = append(os.Environ(), "PATH="+s.bin.path)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := s.cmd.Start(); err != nil {
-		s.logf.Close()
-		return nil, fmt.Errorf("start %s: %w", bin.vzSnapshotter, err)
+		return fmt.Errorf("start %s: %w", s.bin.vzSnapshotter, err)
 	}
+	exited := s.exited
 	go func() {
 		_ = s.cmd.Wait()
-		close(s.exited)
+		close(exited)
 	}()
-	return s, nil
+	return nil
+}
+
+// restart stops the daemon and starts it again with extra flags, on the same root and socket;
+// containerd's proxy reconnects by itself.
+func (s *snapDaemon) restart(extra ...string) error {
+	if err := s.signalStop(); err != nil {
+		return err
+	}
+	if err := s.start(extra...); err != nil {
+		return err
+	}
+	return s.waitReady(30 * time.Second)
 }
 
 // waitReady waits until the snapshotter accepts connections on its socket.
@@ -139,6 +165,11 @@ func (s *snapDaemon) alive() error {
 
 func (s *snapDaemon) stop() error {
 	defer s.logf.Close()
+	return s.signalStop()
+}
+
+// signalStop ends the daemon with SIGTERM, as a service manager would.
+func (s *snapDaemon) signalStop() error {
 	select {
 	case <-s.exited:
 		if st := s.cmd.ProcessState; st != nil && !st.Success() {
@@ -150,6 +181,9 @@ func (s *snapDaemon) stop() error {
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.exited:
+		if st := s.cmd.ProcessState; !st.Success() {
+			return fmt.Errorf("containerd-vz-snapshotter exited after SIGTERM: %v", st)
+		}
 		return nil
 	case <-time.After(15 * time.Second):
 		_ = s.cmd.Process.Kill()
