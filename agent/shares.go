@@ -35,52 +35,103 @@ type shareMount struct {
 	data                   string
 }
 
+// devicesDir is where devices holding several shares are mounted, beside
+// the shares directory dir (not in it: a tag may be any name).
+func devicesDir(dir string) string { return filepath.Join(filepath.Dir(dir), "sharedevs") }
+
 // shareMountFor builds the mount of share s under dir. The tag names the
-// device (the 9p mount_tag or virtio-fs tag), so it is the source.
+// device (the 9p mount_tag or virtio-fs tag), so it is the source; a share
+// inside a device of several (s.Device) is a bind of its directory there.
 func shareMountFor(dir string, s *agentapi.Share) (shareMount, error) {
 	tag := s.GetTag()
-	if tag == "" || tag == "." || tag == ".." || strings.ContainsAny(tag, "/,\x00") {
-		return shareMount{}, fmt.Errorf("share tag %q: %w", tag, errdefs.ErrInvalidArgument)
+	if err := checkTag(tag); err != nil {
+		return shareMount{}, fmt.Errorf("share tag %q: %w", tag, err)
 	}
 	m := shareMount{source: tag, target: filepath.Join(dir, tag)}
 	if s.GetReadonly() {
 		m.flags |= unix.MS_RDONLY
 	}
-	switch s.GetFstype() {
-	case "9p":
-		m.fstype = "9p"
-		m.data = "trans=virtio,version=9p2000.L,msize=" + strconv.Itoa(shareMsize) + ",cache=" + shareCache
-	case "virtiofs":
-		m.fstype = "virtiofs"
-	default:
-		return shareMount{}, fmt.Errorf("share %s: filesystem type %q, want 9p or virtiofs: %w", tag, s.GetFstype(), errdefs.ErrInvalidArgument)
+	fstype, data, err := shareFS(s.GetFstype())
+	if err != nil {
+		return shareMount{}, fmt.Errorf("share %s: %w", tag, err)
 	}
+	if dev := s.GetDevice(); dev != "" {
+		if err := checkTag(dev); err != nil {
+			return shareMount{}, fmt.Errorf("share %s: device %q: %w", tag, dev, err)
+		}
+		m.source = filepath.Join(devicesDir(dir), dev, tag)
+		m.flags |= unix.MS_BIND
+		return m, nil
+	}
+	m.fstype, m.data = fstype, data
 	return m, nil
 }
 
-// mountShares mounts each share at dir/<tag>. All of them are checked
-// before anything is mounted, so a bad request changes nothing.
+func checkTag(tag string) error {
+	if tag == "" || tag == "." || tag == ".." || strings.ContainsAny(tag, "/,\x00") {
+		return errdefs.ErrInvalidArgument
+	}
+	return nil
+}
+
+// shareFS is the filesystem type and mount data of a share device.
+func shareFS(fstype string) (string, string, error) {
+	switch fstype {
+	case "9p":
+		return "9p", "trans=virtio,version=9p2000.L,msize=" + strconv.Itoa(shareMsize) + ",cache=" + shareCache, nil
+	case "virtiofs":
+		return "virtiofs", "", nil
+	default:
+		return "", "", fmt.Errorf("filesystem type %q, want 9p or virtiofs: %w", fstype, errdefs.ErrInvalidArgument)
+	}
+}
+
+// mountShares mounts each share at dir/<tag>, after the devices that hold
+// several shares. All of them are checked before anything is mounted, so
+// a bad request changes nothing.
 func mountShares(dir string, shares []*agentapi.Share) error {
-	mounts := make([]shareMount, 0, len(shares))
+	var devices, binds []shareMount
 	seen := make(map[string]bool, len(shares))
+	seenDev := make(map[string]bool)
 	for _, s := range shares {
 		m, err := shareMountFor(dir, s)
 		if err != nil {
 			return err
 		}
-		if seen[m.source] {
-			return fmt.Errorf("share tag %q given twice: %w", m.source, errdefs.ErrInvalidArgument)
+		if seen[s.GetTag()] {
+			return fmt.Errorf("share tag %q given twice: %w", s.GetTag(), errdefs.ErrInvalidArgument)
 		}
-		seen[m.source] = true
-		mounts = append(mounts, m)
+		seen[s.GetTag()] = true
+		binds = append(binds, m)
+		if dev := s.GetDevice(); dev != "" && !seenDev[dev] {
+			seenDev[dev] = true
+			// Read-write: each share's bind decides, and VZ enforces a
+			// directory's read-only flag itself.
+			fstype, data, _ := shareFS(s.GetFstype())
+			devices = append(devices, shareMount{source: dev, target: filepath.Join(devicesDir(dir), dev), fstype: fstype, data: data})
+		}
 	}
-	for _, m := range mounts {
+	for _, m := range append(devices, binds...) {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
 			return fmt.Errorf("share %s: %w", m.source, err)
 		}
-		if err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data); err != nil {
+		if err := m.mount(); err != nil {
 			return fmt.Errorf("mounting share %s (%s, %q) at %s: %w", m.source, m.fstype, m.data, m.target, err)
 		}
+	}
+	return nil
+}
+
+func (m shareMount) mount() error {
+	if m.flags&unix.MS_BIND == 0 {
+		return unix.Mount(m.source, m.target, m.fstype, m.flags, m.data)
+	}
+	// A bind takes MS_RDONLY only on a remount.
+	if err := unix.Mount(m.source, m.target, "", unix.MS_BIND, ""); err != nil {
+		return err
+	}
+	if m.flags&unix.MS_RDONLY != 0 {
+		return unix.Mount("", m.target, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, "")
 	}
 	return nil
 }

@@ -22,6 +22,9 @@ func TestShareMountFor(t *testing.T) {
 			flags: unix.MS_RDONLY, data: "trans=virtio,version=9p2000.L,msize=262144,cache=mmap"}},
 		{&agentapi.Share{Tag: "s2", Fstype: "virtiofs", Readonly: true}, shareMount{source: "s2", target: "/shares/s2", fstype: "virtiofs",
 			flags: unix.MS_RDONLY}},
+		// A directory of a device holding several shares (VZ) is a bind.
+		{&agentapi.Share{Tag: "s3", Fstype: "virtiofs", Readonly: true, Device: "vz-shares"}, shareMount{source: "/sharedevs/vz-shares/s3",
+			target: "/shares/s3", flags: unix.MS_BIND | unix.MS_RDONLY}},
 	} {
 		got, err := shareMountFor("/shares", tc.share)
 		if err != nil {
@@ -39,6 +42,8 @@ func TestShareMountFor(t *testing.T) {
 		{Tag: "a,b", Fstype: "9p"},
 		{Tag: "s0", Fstype: "nfs"},
 		{Tag: "s0"},
+		{Tag: "s0", Fstype: "virtiofs", Device: "../x"},
+		{Tag: "s0", Fstype: "nfs", Device: "d"},
 	} {
 		if _, err := shareMountFor("/shares", s); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%v: %v, want invalid argument", s, err)
@@ -63,5 +68,45 @@ func TestMountSharesChecksFirst(t *testing.T) {
 	}
 	if err := mountShares(dir, nil); err != nil {
 		t.Errorf("no shares: %v", err)
+	}
+}
+
+// TestShareBind: the bind of a share's directory in a device of several
+// shares, read-only when asked (which takes a remount).
+func TestShareBind(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPING: TestShareBind needs root (bind mounts)")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "dev", "s0")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, ro := range []bool{false, true} {
+		target := filepath.Join(dir, "shares", "s0")
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		m := shareMount{source: src, target: target, flags: unix.MS_BIND}
+		if ro {
+			m.flags |= unix.MS_RDONLY
+		}
+		if err := m.mount(); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(target, "f")); err != nil || string(b) != "x" {
+			t.Errorf("ro=%v: read %q, %v", ro, b, err)
+		}
+		err := os.WriteFile(filepath.Join(target, "g"), nil, 0o644)
+		if ro != (err != nil) {
+			t.Errorf("ro=%v: write: %v", ro, err)
+		}
+		if err := unix.Unmount(target, 0); err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(filepath.Join(src, "g"))
 	}
 }

@@ -228,11 +228,11 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	spec, config, shares, setupShares, err := guestSpec(r.Bundle, shareFSType(opts.Backend), *opts.Network)
+	fstype := shareFSType(opts.Backend)
+	spec, config, shares, setupShares, err := guestSpec(r.Bundle, fstype, *opts.Network)
 	if err != nil {
 		return nil, err
 	}
-	fstype := shareFSType(opts.Backend)
 	rootfs, err := planRootfs(r.Bundle, r.Rootfs, fstype)
 	if err != nil {
 		return nil, err
@@ -245,6 +245,11 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if rootfs.share != nil {
 		shares = append(shares, *rootfs.share)
 		setupShares = append(setupShares, rootfs.agentShare)
+	}
+	if dev := shareDevice(opts.Backend); dev != "" {
+		for _, s := range setupShares {
+			s.Device = dev
+		}
 	}
 
 	stateDir := filepath.Join(r.Bundle, "vm")

@@ -13,6 +13,7 @@ import (
 
 	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
 	"github.com/vz-shim/containerd-shim-vz/vm"
+	"github.com/vz-shim/containerd-shim-vz/vm/vz"
 )
 
 // guestSharesDir is where the agent mounts each share, as <dir>/<tag>. It
@@ -33,6 +34,16 @@ func shareFSType(backend string) string {
 		return fstypeVirtiofs
 	}
 	return fstype9p
+}
+
+// shareDevice is the device that holds every share under backend, each
+// as a directory of it (VZ's multiple-directory share), or "" where each
+// share is a device of its own (9p under QEMU).
+func shareDevice(backend string) string {
+	if backend == "vz" {
+		return vz.SharesTag
+	}
+	return ""
 }
 
 // isBind tells whether m bind-mounts a host path.

@@ -102,6 +102,12 @@ func TestShareFSType(t *testing.T) {
 	if got := shareFSType("qemu"); got != "9p" {
 		t.Errorf("qemu: %q", got)
 	}
+	if got := shareDevice("qemu"); got != "" {
+		t.Errorf("qemu: share device %q, want none (one 9p device per share)", got)
+	}
+	if got := shareDevice("vz"); got != "vz-shares" {
+		t.Errorf("vz: share device %q, want vz-shares", got)
+	}
 	if got := shareFSType("vz"); got != "virtiofs" {
 		t.Errorf("vz: %q", got)
 	}

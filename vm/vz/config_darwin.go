@@ -50,24 +50,26 @@ func configure(p Plan) (*vz.VirtualMachineConfiguration, error) {
 	}
 	c.SetStorageDevicesVirtualMachineConfiguration(disks)
 
-	shares := make([]vz.DirectorySharingDeviceConfiguration, 0, len(p.Shares))
-	for _, s := range p.Shares {
-		fs, err := vz.NewVirtioFileSystemDeviceConfiguration(s.Tag)
-		if err != nil {
-			return nil, fmt.Errorf("vz: share %s: %w", s.Tag, err)
+	if len(p.Shares) > 0 {
+		dirs := make(map[string]*vz.SharedDirectory, len(p.Shares))
+		for _, s := range p.Shares {
+			dir, err := vz.NewSharedDirectory(s.Path, s.ReadOnly)
+			if err != nil {
+				return nil, fmt.Errorf("vz: share %s (%s): %w", s.Tag, s.Path, err)
+			}
+			dirs[s.Tag] = dir
 		}
-		dir, err := vz.NewSharedDirectory(s.Path, s.ReadOnly)
+		multi, err := vz.NewMultipleDirectoryShare(dirs)
 		if err != nil {
-			return nil, fmt.Errorf("vz: share %s (%s): %w", s.Tag, s.Path, err)
+			return nil, fmt.Errorf("vz: shares: %w", err)
 		}
-		single, err := vz.NewSingleDirectoryShare(dir)
+		fs, err := vz.NewVirtioFileSystemDeviceConfiguration(SharesTag)
 		if err != nil {
-			return nil, fmt.Errorf("vz: share %s: %w", s.Tag, err)
+			return nil, fmt.Errorf("vz: shares device: %w", err)
 		}
-		fs.SetDirectoryShare(single)
-		shares = append(shares, fs)
+		fs.SetDirectoryShare(multi)
+		c.SetDirectorySharingDevicesVirtualMachineConfiguration([]vz.DirectorySharingDeviceConfiguration{fs})
 	}
-	c.SetDirectorySharingDevicesVirtualMachineConfiguration(shares)
 
 	sock, err := vz.NewVirtioSocketDeviceConfiguration()
 	if err != nil {

@@ -39,7 +39,8 @@ type Plan struct {
 	// MemoryBytes is a multiple of 1 MiB, as VZ requires.
 	MemoryBytes uint64
 	Disks       []DiskPlan
-	Shares      []SharePlan
+	// Shares are the directories of the one virtio-fs device SharesTag.
+	Shares []SharePlan
 	// MAC is the NIC's address; nil: no NIC.
 	MAC net.HardwareAddr
 	// ConsoleLog receives the guest console (hvc0), appended to; "": the
@@ -59,7 +60,14 @@ type DiskPlan struct {
 	Sync     SyncMode
 }
 
-// SharePlan is one virtio-fs device sharing one host directory.
+// SharesTag is the virtio-fs tag of the one device that holds every share
+// of a VM (a multiple-directory share), each as its directory named by the
+// share's tag: one device however many directories a container binds. The
+// agent mounts the device once and binds each directory in place
+// (agent/shares.go).
+const SharesTag = "vz-shares"
+
+// SharePlan is one directory of the shares device (SharesTag), named Tag.
 type SharePlan struct {
 	Tag      string
 	Path     string // absolute

@@ -289,3 +289,10 @@ func TestPlanGuestKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSharesTag: the shares device's tag is one VZ and the agent accept.
+func TestSharesTag(t *testing.T) {
+	if err := checkShareTag(SharesTag); err != nil {
+		t.Errorf("SharesTag %q: %v", SharesTag, err)
+	}
+}

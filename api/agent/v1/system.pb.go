@@ -196,8 +196,12 @@ type Share struct {
 	// tag is the mount tag of the 9p or virtio-fs device.
 	Tag string `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
 	// fstype is "9p" (QEMU) or "virtiofs" (VZ).
-	Fstype        string `protobuf:"bytes,2,opt,name=fstype,proto3" json:"fstype,omitempty"`
-	Readonly      bool   `protobuf:"varint,3,opt,name=readonly,proto3" json:"readonly,omitempty"`
+	Fstype   string `protobuf:"bytes,2,opt,name=fstype,proto3" json:"fstype,omitempty"`
+	Readonly bool   `protobuf:"varint,3,opt,name=readonly,proto3" json:"readonly,omitempty"`
+	// device, when set, is the tag of a device that holds several shares
+	// (VZ's multiple-directory share): the share is its directory named
+	// tag, and the device is mounted once for all of them.
+	Device        string `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +255,13 @@ func (x *Share) GetReadonly() bool {
 		return x.Readonly
 	}
 	return false
+}
+
+func (x *Share) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
 }
 
 type SetTimeRequest struct {
@@ -311,11 +322,12 @@ const file_agent_v1_system_proto_rawDesc = "" +
 	"\fSetupRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12*\n" +
-	"\x06shares\x18\x03 \x03(\v2\x12.vz.agent.v1.ShareR\x06shares\"M\n" +
+	"\x06shares\x18\x03 \x03(\v2\x12.vz.agent.v1.ShareR\x06shares\"e\n" +
 	"\x05Share\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x16\n" +
 	"\x06fstype\x18\x02 \x01(\tR\x06fstype\x12\x1a\n" +
-	"\breadonly\x18\x03 \x01(\bR\breadonly\"@\n" +
+	"\breadonly\x18\x03 \x01(\bR\breadonly\x12\x16\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\"@\n" +
 	"\x0eSetTimeRequest\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\xc1\x01\n" +
 	"\x06System\x12;\n" +
