@@ -98,8 +98,10 @@ type Machine struct {
 	mux       *transport.Mux // over agent, from when the guest opened the port
 	reason    string         // reason of QEMU's SHUTDOWN event
 
-	done chan struct{}
-	err  error // set before done is closed
+	// Err: nil after a guest power-off or Stop; otherwise QEMU's exit
+	// status or signal and the tail of its stderr, or the guest's reboot
+	// or panic. The console log's tail is the caller's to add.
+	*vm.Exit
 }
 
 var _ vm.Machine = (*Machine)(nil)
@@ -120,7 +122,7 @@ func New(ctx context.Context, cfg vm.Config, opts ...Option) (*Machine, error) {
 		cfg:    cfg,
 		binary: o.binary,
 		log:    log.G(ctx).WithField("vm", cfg.ID),
-		done:   make(chan struct{}),
+		Exit:   vm.NewExit(),
 	}
 	if m.binary == "" {
 		m.binary = qemuBinary(cfg.Arch)
@@ -183,10 +185,7 @@ func (m *Machine) Start(ctx context.Context) error {
 	}
 
 	if err := m.launch(); err != nil {
-		m.mu.Lock()
-		m.err = err
-		m.mu.Unlock()
-		close(m.done)
+		m.Set(err)
 		m.closeConns()
 		m.removeFiles()
 		return err
@@ -269,7 +268,7 @@ func (m *Machine) launch() error {
 // stderr say why; the console's tail follows.
 func (m *Machine) startError(err error) error {
 	select {
-	case <-m.done:
+	case <-m.Done():
 		err = m.Err()
 	case <-time.After(drainTimeout):
 		// QMP failed (or ctx ended) while QEMU still runs.
@@ -304,9 +303,8 @@ func (m *Machine) run(cmd *exec.Cmd, started chan<- error) {
 	}
 	m.mu.Lock()
 	err, reason := m.exitError(waitErr), m.reason
-	m.err = err
 	m.mu.Unlock()
-	close(m.done)
+	m.Set(err)
 	m.log.WithError(err).WithField("reason", reason).Debug("qemu exited")
 }
 
@@ -411,7 +409,7 @@ func (m *Machine) Dial(ctx context.Context, port uint32) (transport.Conn, error)
 		return nil, fmt.Errorf("qemu: dial port %d: vm not started: %w", port, errdefs.ErrFailedPrecondition)
 	}
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return nil, fmt.Errorf("qemu: dial port %d: vm stopped: %w", port, errdefs.ErrUnavailable)
 	default:
 	}
@@ -427,24 +425,6 @@ func (m *Machine) Dial(ctx context.Context, port uint32) (transport.Conn, error)
 		return nil, fmt.Errorf("qemu: dial port %d: the guest agent has not opened its port yet: %w", port, errdefs.ErrUnavailable)
 	}
 	return mux.Dial(ctx, port)
-}
-
-// Done is closed the moment QEMU has exited.
-func (m *Machine) Done() <-chan struct{} { return m.done }
-
-// Err says why QEMU exited, once Done is closed: nil after a guest
-// power-off or Stop; otherwise QEMU's exit status or signal and the tail of
-// its stderr, or the guest's reboot or panic. The console log's tail is the
-// caller's to add.
-func (m *Machine) Err() error {
-	select {
-	case <-m.done:
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		return m.err
-	default:
-		return nil
-	}
 }
 
 // Pause freezes the guest's vCPUs (QMP stop).
@@ -465,7 +445,7 @@ func (m *Machine) command(ctx context.Context, cmd string) error {
 		return fmt.Errorf("qemu: %s: vm not started: %w", cmd, errdefs.ErrFailedPrecondition)
 	}
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return fmt.Errorf("qemu: %s: vm stopped: %w", cmd, errdefs.ErrFailedPrecondition)
 	default:
 	}
@@ -491,7 +471,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 		return m.removeFiles()
 	}
 	select {
-	case <-m.done:
+	case <-m.Done():
 	default:
 		qctx, cancel := context.WithTimeout(ctx, quitTimeout)
 		defer cancel()
@@ -499,7 +479,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 			m.log.WithError(err).Debug("qemu: quit")
 		}
 		select {
-		case <-m.done:
+		case <-m.Done():
 		case <-qctx.Done():
 			m.log.Warn("qemu: did not quit in time, killing it")
 		}
@@ -514,7 +494,7 @@ func (m *Machine) kill(why error) error {
 	cmd := m.cmd
 	m.mu.Unlock()
 	select {
-	case <-m.done:
+	case <-m.Done():
 	default:
 		m.mu.Lock()
 		m.killed, m.killErr = true, why
@@ -523,7 +503,7 @@ func (m *Machine) kill(why error) error {
 		// a no-op, never a signal to whoever got its pid since.
 		_ = cmd.Process.Kill()
 		select {
-		case <-m.done:
+		case <-m.Done():
 		case <-time.After(killTimeout):
 			return fmt.Errorf("qemu: pid %d did not exit after SIGKILL", cmd.Process.Pid)
 		}

@@ -90,9 +90,7 @@ type Machine struct {
 	started   bool
 	stopping  bool
 
-	done     chan struct{}
-	doneOnce sync.Once
-	err      error // set before done is closed
+	*vm.Exit // Err: see finish
 }
 
 var _ vm.Machine = (*Machine)(nil)
@@ -103,7 +101,7 @@ func newMachine(ctx context.Context, id string, hv hypervisor) *Machine {
 		hv:             hv,
 		log:            log.G(ctx).WithField("vm", id),
 		connectTimeout: connectTimeout,
-		done:           make(chan struct{}),
+		Exit:           vm.NewExit(),
 	}
 }
 
@@ -150,15 +148,10 @@ func (m *Machine) watch(states <-chan State) {
 	}
 }
 
-// finish records why the VM is gone and closes done, once.
-func (m *Machine) finish(err error) {
-	m.doneOnce.Do(func() {
-		m.mu.Lock()
-		m.err = err
-		m.mu.Unlock()
-		close(m.done)
-	})
-}
+// finish records why the VM is gone and closes Done, once. VZ (through
+// vz/v3) reports a guest reboot (a panic, with panic=-1) as a plain stop:
+// the console log tells them apart.
+func (m *Machine) finish(err error) { m.Set(err) }
 
 // Dial connects to port of the guest over the VM's virtio socket device.
 // Until the agent listens it fails with errdefs.ErrUnavailable; see
@@ -171,7 +164,7 @@ func (m *Machine) Dial(ctx context.Context, port uint32) (transport.Conn, error)
 		return nil, fmt.Errorf("vz: dial port %d: vm not started: %w", port, errdefs.ErrFailedPrecondition)
 	}
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return nil, fmt.Errorf("vz: dial port %d: vm stopped: %w", port, errdefs.ErrUnavailable)
 	default:
 	}
@@ -212,23 +205,6 @@ func (m *Machine) Dial(ctx context.Context, port uint32) (transport.Conn, error)
 	}
 }
 
-// Done is closed once the VM has stopped.
-func (m *Machine) Done() <-chan struct{} { return m.done }
-
-// Err says why the VM stopped, once Done is closed: nil after a power-off
-// or Stop. VZ (through vz/v3) reports a guest reboot (a panic, with
-// panic=-1) as a plain stop; the console log tells them apart.
-func (m *Machine) Err() error {
-	select {
-	case <-m.done:
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		return m.err
-	default:
-		return nil
-	}
-}
-
 // Pause freezes the VM.
 func (m *Machine) Pause(ctx context.Context) error {
 	if err := m.running("pause"); err != nil {
@@ -259,7 +235,7 @@ func (m *Machine) running(op string) error {
 		return fmt.Errorf("vz: %s: vm not started: %w", op, errdefs.ErrFailedPrecondition)
 	}
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return fmt.Errorf("vz: %s: vm stopped: %w", op, errdefs.ErrFailedPrecondition)
 	default:
 		return nil
@@ -282,7 +258,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 		return nil
 	}
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return nil
 	default:
 	}
@@ -297,7 +273,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 		}
 	}
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return nil
 	case <-ctx.Done():
 		m.log.Debug("vz: the guest did not power off in time, stopping the VM")
@@ -305,7 +281,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 	if m.hv.CanStop() {
 		if err := m.hv.Stop(); err != nil {
 			select {
-			case <-m.done: // it stopped meanwhile
+			case <-m.Done(): // it stopped meanwhile
 				return nil
 			default:
 			}
@@ -313,7 +289,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 		}
 	}
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return nil
 	case <-time.After(forceStopTimeout):
 		return fmt.Errorf("vz: vm %s: still %s after Stop: %w", m.id, m.hv.State(), errdefs.ErrUnavailable)
