@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
@@ -31,7 +32,18 @@ type Options struct {
 	DebugConsole bool     `toml:"debug_console"`
 	// BootTimeout bounds the wait for the agent, in seconds (default 120).
 	BootTimeout int `toml:"boot_timeout"`
+	// DiskCaching and DiskSync are VZ's disk image caching mode
+	// ("automatic", "cached", "uncached") and synchronization mode of
+	// writable disks ("full", "fsync", "none"); "" keeps the backend's
+	// choice (vm/vz: cached, fsync). QEMU ignores them.
+	DiskCaching string `toml:"disk_caching"`
+	DiskSync    string `toml:"disk_sync"`
 }
+
+var (
+	diskCachingModes = []string{"automatic", "cached", "uncached"}
+	diskSyncModes    = []string{"full", "fsync", "none"}
+)
 
 // optionsFile is where Start keeps the bootstrap's runtime options for the
 // serving process, which does not receive them.
@@ -111,6 +123,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Backend == "" {
 		o.Backend = defaultBackend
+	}
+	if o.DiskCaching != "" && !slices.Contains(diskCachingModes, o.DiskCaching) {
+		return fmt.Errorf("disk_caching %q: want one of %v: %w", o.DiskCaching, diskCachingModes, errdefs.ErrInvalidArgument)
+	}
+	if o.DiskSync != "" && !slices.Contains(diskSyncModes, o.DiskSync) {
+		return fmt.Errorf("disk_sync %q: want one of %v: %w", o.DiskSync, diskSyncModes, errdefs.ErrInvalidArgument)
 	}
 	if o.Accel == "" {
 		o.Accel = defaultAccel(o.Arch)

@@ -43,6 +43,8 @@ func TestLoadOptions(t *testing.T) {
 		"unknown key": "kernal = \"/k\"\n",
 		"bad toml":    "kernel = ",
 		"bad arch":    "arch = \"riscv64\"\nkernel=\"/k\"\ninitrd=\"/i\"\n",
+		"bad caching": "disk_caching = \"writeback\"\nkernel=\"/k\"\ninitrd=\"/i\"\n",
+		"bad sync":    "disk_sync = \"always\"\nkernel=\"/k\"\ninitrd=\"/i\"\n",
 	} {
 		a, _ := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte(body)})
 		if _, err := loadOptions(t.TempDir(), a); !errdefs.IsInvalidArgument(err) {

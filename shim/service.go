@@ -259,19 +259,21 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	console := filepath.Join(r.Bundle, "console.log")
 	cpus, memMiB := vmSize(spec, opts.CPUs, opts.MemoryMiB)
 	cfg := vm.Config{
-		ID:         r.ID,
-		Kernel:     opts.Kernel,
-		Initrd:     opts.Initrd,
-		KernelArgs: opts.KernelArgs,
-		Arch:       opts.Arch,
-		CPUs:       cpus,
-		MemoryMiB:  memMiB,
-		Disks:      rootfs.disks,
-		Shares:     shares,
-		Network:    *opts.Network,
-		ConsoleLog: console,
-		StateDir:   stateDir,
-		Accel:      opts.Accel,
+		ID:          r.ID,
+		Kernel:      opts.Kernel,
+		Initrd:      opts.Initrd,
+		KernelArgs:  opts.KernelArgs,
+		Arch:        opts.Arch,
+		CPUs:        cpus,
+		MemoryMiB:   memMiB,
+		Disks:       rootfs.disks,
+		Shares:      shares,
+		Network:     *opts.Network,
+		ConsoleLog:  console,
+		StateDir:    stateDir,
+		Accel:       opts.Accel,
+		DiskCaching: opts.DiskCaching,
+		DiskSync:    opts.DiskSync,
 	}
 	m, err := newMachine(ctx, opts.Backend, cfg)
 	if err != nil {

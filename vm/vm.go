@@ -39,6 +39,11 @@ type Config struct {
 	// Accel is the QEMU accelerator ("kvm" or "tcg"); other backends
 	// ignore it.
 	Accel string
+	// DiskCaching ("automatic", "cached", "uncached") and DiskSync
+	// ("full", "fsync", "none", for writable disks) are VZ's disk image
+	// modes; "" is the backend's choice. QEMU ignores them.
+	DiskCaching string
+	DiskSync    string
 }
 
 // Disk is a raw disk image attached as virtio-blk.

@@ -161,7 +161,11 @@ func NewPlan(cfg vm.Config, host Host) (Plan, error) {
 		if err != nil {
 			return p, err
 		}
-		p.Disks = append(p.Disks, diskPlan(d.ID, path, d.ReadOnly))
+		dp, err := diskPlan(d.ID, path, d.ReadOnly, cfg.DiskCaching, cfg.DiskSync)
+		if err != nil {
+			return p, err
+		}
+		p.Disks = append(p.Disks, dp)
 	}
 
 	tags := make(map[string]bool, len(cfg.Shares))
@@ -208,13 +212,36 @@ func commandLine(extra []string) string {
 // shim, without the drive cache flush of "full" (F_FULLFSYNC) that costs
 // milliseconds per guest flush; a container's writable layer does not
 // outlive a host power loss in any runtime. A read-only disk is never
-// written, so it needs no sync.
-func diskPlan(id, path string, readOnly bool) DiskPlan {
+// written, so it needs no sync. The runtime options may choose otherwise
+// (caching, sync: vm.Config's DiskCaching, DiskSync).
+func diskPlan(id, path string, readOnly bool, caching, sync string) (DiskPlan, error) {
 	d := DiskPlan{ID: id, Path: path, ReadOnly: readOnly, Caching: CachingCached, Sync: SyncFsync}
+	switch caching {
+	case "":
+	case "automatic":
+		d.Caching = CachingAutomatic
+	case "cached":
+		d.Caching = CachingCached
+	case "uncached":
+		d.Caching = CachingUncached
+	default:
+		return d, invalid("disk caching mode %q: want automatic, cached or uncached", caching)
+	}
+	switch sync {
+	case "":
+	case "full":
+		d.Sync = SyncFull
+	case "fsync":
+		d.Sync = SyncFsync
+	case "none":
+		d.Sync = SyncNone
+	default:
+		return d, invalid("disk sync mode %q: want full, fsync or none", sync)
+	}
 	if readOnly {
 		d.Sync = SyncNone
 	}
-	return d
+	return d, nil
 }
 
 // macAddress derives the NIC's address from the task, so that a VM gets the

@@ -296,3 +296,35 @@ func TestSharesTag(t *testing.T) {
 		t.Errorf("SharesTag %q: %v", SharesTag, err)
 	}
 }
+
+// TestPlanDiskModes: the runtime options' caching and sync modes reach the
+// disks; a read-only disk never syncs; an unknown mode is refused.
+func TestPlanDiskModes(t *testing.T) {
+	for _, tc := range []struct {
+		caching, sync string
+		want          [2]DiskPlan // read-only layer, writable disk
+	}{
+		{"", "", [2]DiskPlan{{Caching: CachingCached, Sync: SyncNone}, {Caching: CachingCached, Sync: SyncFsync}}},
+		{"automatic", "full", [2]DiskPlan{{Caching: CachingAutomatic, Sync: SyncNone}, {Caching: CachingAutomatic, Sync: SyncFull}}},
+		{"uncached", "none", [2]DiskPlan{{Caching: CachingUncached, Sync: SyncNone}, {Caching: CachingUncached, Sync: SyncNone}}},
+	} {
+		cfg := fakeConfig(t)
+		cfg.DiskCaching, cfg.DiskSync = tc.caching, tc.sync
+		p, err := NewPlan(cfg, testHost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, d := range p.Disks {
+			if d.Caching != tc.want[i].Caching || d.Sync != tc.want[i].Sync {
+				t.Errorf("%q/%q: disk %s: caching %d sync %d, want %d %d", tc.caching, tc.sync, d.ID, d.Caching, d.Sync, tc.want[i].Caching, tc.want[i].Sync)
+			}
+		}
+	}
+	for _, bad := range [][2]string{{"writeback", ""}, {"", "always"}} {
+		cfg := fakeConfig(t)
+		cfg.DiskCaching, cfg.DiskSync = bad[0], bad[1]
+		if _, err := NewPlan(cfg, testHost); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%q: %v, want invalid argument", bad, err)
+		}
+	}
+}
