@@ -16,20 +16,14 @@ import (
 	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
-	diffapi "github.com/containerd/containerd/api/services/diff/v1"
-	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/core/diff"
-	diffproxy "github.com/containerd/containerd/v2/core/diff/proxy"
 	"github.com/containerd/containerd/v2/core/snapshots"
-	snproxy "github.com/containerd/containerd/v2/core/snapshots/proxy"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/vz-shim/containerd-shim-vz/snapshotter"
 )
@@ -125,13 +119,7 @@ func TestDaemonApply(t *testing.T) {
 		descs = append(descs, desc)
 	}
 
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sn := snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "vz")
-	applier := diffproxy.NewDiffApplier(diffapi.NewDiffClient(conn)).(diff.Applier)
+	sn, applier := dialDaemon(t, sock)
 
 	ms, err := sn.Prepare(ctx, "extract-1 l1", "", snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: "l1"}))
 	if err != nil {

@@ -84,13 +84,7 @@ func TestDaemonSmoke(t *testing.T) {
 		t.Fatalf("socket: %v %v", fi, err)
 	}
 
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sn := snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "vz")
-	applier := diffproxy.NewDiffApplier(diffapi.NewDiffClient(conn)).(diff.Applier)
+	sn, applier := dialDaemon(t, sock)
 	ctx := namespaces.WithNamespace(t.Context(), "test")
 
 	// What the unpacker does, with the differ's output written by hand:
@@ -172,4 +166,17 @@ func waitExit(t *testing.T, cmd *osexec.Cmd) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("daemon did not exit on SIGTERM")
 	}
+}
+
+// dialDaemon connects to the daemon at sock the way containerd's proxy
+// plugins do; the connection closes with the test.
+func dialDaemon(t *testing.T, sock string) (snapshots.Snapshotter, diff.Applier) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "vz"),
+		diffproxy.NewDiffApplier(diffapi.NewDiffClient(conn)).(diff.Applier)
 }

@@ -103,37 +103,34 @@ func (l Layer) Blob() (Blob, error) {
 
 func compress(raw []byte, c Compression) (Blob, error) {
 	b := Blob{DiffID: digest.FromBytes(raw)}
-	var out bytes.Buffer
+	var (
+		out bytes.Buffer
+		zw  io.WriteCloser
+		err error
+	)
 	switch c {
 	case Gzip:
 		b.MediaType = ocispec.MediaTypeImageLayerGzip
-		zw, err := gzip.NewWriterLevel(&out, gzip.BestSpeed)
-		if err != nil {
-			return Blob{}, err
-		}
-		if _, err := zw.Write(raw); err != nil {
-			return Blob{}, err
-		}
-		if err := zw.Close(); err != nil {
-			return Blob{}, err
-		}
+		zw, err = gzip.NewWriterLevel(&out, gzip.BestSpeed)
 	case Zstd:
 		b.MediaType = ocispec.MediaTypeImageLayerZstd
-		zw, err := zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
-		if err != nil {
-			return Blob{}, err
-		}
-		if _, err := zw.Write(raw); err != nil {
-			return Blob{}, err
-		}
-		if err := zw.Close(); err != nil {
-			return Blob{}, err
-		}
+		zw, err = zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 	case Uncompressed:
 		b.MediaType = ocispec.MediaTypeImageLayer
 		out.Write(raw)
 	default:
 		return Blob{}, fmt.Errorf("unknown compression %d", c)
+	}
+	if err != nil {
+		return Blob{}, err
+	}
+	if zw != nil {
+		if _, err := zw.Write(raw); err != nil {
+			return Blob{}, err
+		}
+		if err := zw.Close(); err != nil {
+			return Blob{}, err
+		}
 	}
 	b.Data = out.Bytes()
 	b.Digest = digest.FromBytes(b.Data)
