@@ -242,12 +242,18 @@ func TestSnapshotterPull(t *testing.T) {
 	before := h.s.snapshotDirs()
 	usageBefore := diskUsage(filepath.Join(h.s.root, "snapshots"))
 
-	logMark := h.s.logSize()
+	logMark, ctrdMark := h.s.logSize(), h.d.logSize()
 	r := h.pull(vzSnapshotter, ref)
 	if r.code != 0 {
 		t.Fatalf("pull into vz: %s", r)
 	}
 	t.Logf("pulled %s into vz in %s", ref, r.elapsed.Round(time.Millisecond))
+	// The layers were unpacked side by side: vz advertises rebase (config.toml.example).
+	if !slices.ContainsFunc(strings.Split(h.d.logSince(ctrdMark), "\n"), func(l string) bool {
+		return strings.Contains(l, "image unpacked") && strings.Contains(l, "parallel=true")
+	}) {
+		t.Errorf("containerd did not unpack the image in parallel (no \"image unpacked\" with parallel=true in its log)")
+	}
 	for i, l := range img.Layers {
 		if n := appliedLines(h.s.logSince(logMark), l.DiffID); n != 1 {
 			t.Errorf("layer %d (%s): applied %d times by the vz differ, want once", i, l.DiffID, n)

@@ -293,6 +293,10 @@ func withVZSnapshotter(base string, example []byte, address string) (string, err
 		return "", fmt.Errorf("config.toml.example: no unpack_config entry names snapshotter %s", vzSnapshotter)
 	}
 	tr["unpack_config"] = unpack
+	// Parallel unpacks, as the example configures them (vz can rebase).
+	if v, ok := exTransfer["max_concurrent_unpacks"]; ok {
+		tr["max_concurrent_unpacks"] = v
+	}
 
 	out, err := toml.Marshal(cfg)
 	if err != nil {

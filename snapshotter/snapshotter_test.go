@@ -383,3 +383,44 @@ func TestReopen(t *testing.T) {
 		t.Fatalf("after reopen: %+v, %v", info, err)
 	}
 }
+
+// TestRebaseOnCommit: containerd's parallel unpack (the rebase capability)
+// prepares a layer without its parent and names the parent at Commit. A
+// layer image does not depend on its parent, so the chain is the same as
+// one unpacked in order.
+func TestRebaseOnCommit(t *testing.T) {
+	ctx := testContext(t)
+	sn := newTestSnapshotter(t, Config{WritableSize: 1 << 30})
+	l1 := commitLayer(t, ctx, sn, nil, "l1", "")
+
+	key := "extract-2 l2"
+	mounts, err := sn.Prepare(ctx, key, "", snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: "l2"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := SnapshotDirFromMounts(sn.root, mounts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, LayerImage), []byte("image of l2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Commit(ctx, "l2", key, snapshots.WithParent("l1")); err != nil {
+		t.Fatal(err)
+	}
+	info, err := sn.Stat(ctx, "l2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Parent != "l1" {
+		t.Fatalf("l2's parent %q, want l1", info.Parent)
+	}
+	ms, err := sn.Prepare(ctx, "c", "l2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(sn.dir(filepath.Base(dir)), LayerImage), filepath.Join(sn.dir(l1), LayerImage)}
+	if len(ms) != 4 || ms[1].Source != want[0] || ms[2].Source != want[1] || ms[3].Type != "format/mkdir/overlay" {
+		t.Errorf("mounts of a container on the rebased chain: %+v, want layers %q", ms, want)
+	}
+}
