@@ -17,6 +17,7 @@
 #                (needs root)
 #   bench        benchmarks: numbers side by side, no assertions (needs root)
 #   clean        remove _output/
+#   cni          the CNI plugins of the default network into _output/cni/bin/
 #   containerd   containerd 2.4.x's containerd, ctr and containerd-shim-runc-v2 (the versions in
 #                go.mod) into _output/containerd/bin/, for the integration tests
 #   integration  containerd, then the integration tests (./integration/, needs root); they use
@@ -99,6 +100,7 @@ test:
 	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory agent-arm64
 	@$(MAKE) --no-print-directory containerd
+	@$(MAKE) --no-print-directory cni
 	@$(MAKE) --no-print-directory guest ARCH=$(HOSTARCH)
 	@$(MAKE) --no-print-directory guest ARCH=arm64
 	@hack/test.sh
@@ -137,10 +139,26 @@ $(CONTAINERD_BINS) &: go.mod go.sum
 	CGO_ENABLED=0 $(GO) build -tags "$(CONTAINERD_TAGS)" -o $(CONTAINERD_BIN)/ $(CONTAINERD_PKGS)
 	@touch $(CONTAINERD_BINS)
 
+# The CNI plugins of the default network (network = "cni"), at the version go.mod pins, into
+# _output/cni/bin/, where the shim of this tree finds them (<shim>/../cni/bin) when /opt/cni/bin
+# lacks them. `make install` puts them in $PREFIX/libexec/containerd-vz/cni/.
+CNI_BIN := _output/cni/bin
+CNI_PKGS := $(addprefix github.com/containernetworking/plugins/plugins/,\
+	main/bridge main/loopback ipam/host-local meta/portmap meta/firewall meta/tuning)
+CNI_BINS := $(addprefix $(CNI_BIN)/,$(notdir $(CNI_PKGS)))
+
+.PHONY: cni
+cni: $(CNI_BINS)
+
+$(CNI_BINS) &: go.mod go.sum
+	@mkdir -p $(CNI_BIN)
+	CGO_ENABLED=0 $(GO) build -o $(CNI_BIN)/ $(CNI_PKGS)
+	@touch $(CNI_BINS)
+
 # The integration tests alone, with the summary of hack/test.sh:
 #   make integration TESTFLAGS='-run TestRunEcho/runc'
 .PHONY: integration
-integration: containerd
+integration: containerd cni
 	@PKGS=./integration/ hack/test.sh
 
 # The guest kernel and initramfs (DESIGN.md §5, §7; hack/guest.sh):
@@ -215,6 +233,12 @@ install:
 	fi; \
 	install -d "$(DESTDIR)$(PREFIX)/bin"; \
 	for b in $$bins; do echo "install $$b $(DESTDIR)$(PREFIX)/bin/"; install -m 0755 "$$b" "$(DESTDIR)$(PREFIX)/bin/"; done
+	@if [ -d "$(CNI_BIN)" ]; then \
+		dest="$(DESTDIR)$(PREFIX)/libexec/containerd-vz/cni"; \
+		echo "install $(CNI_BIN)/* $$dest/"; \
+		install -d "$$dest"; \
+		install -m 0755 $(CNI_BIN)/* "$$dest/"; \
+	fi
 	@for d in _output/guest/*/; do \
 		[ -f "$$d/kernel" ] || continue; \
 		arch=$$(basename "$$d"); \

@@ -52,6 +52,14 @@ func (s *systemService) Setup(ctx context.Context, r *agentapi.SetupRequest) (*e
 			return nil, err
 		}
 	}
+	if r.Network != nil {
+		if err := ConfigureStatic(ctx, NetworkDir, r.Network); err != nil {
+			return nil, fmt.Errorf("network: %w", err)
+		}
+	}
+	if err := SetSysctls(r.Sysctls); err != nil {
+		return nil, err
+	}
 	// Shares before any container: their bind mounts come from SharesDir.
 	if err := mountShares(SharesDir, r.Shares); err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ packages=(
 	e2fsprogs         # mkfs.ext4 / e2fsck for ext4 layer images
 	gcc               # cgo, needed by go test -race
 	git
+	iptables          # the CNI plugins of the default network (bridge ipMasq, portmap, firewall)
 	kmod              # depmod / modinfo for guest kernel modules
 	libc6-dev         # cgo headers and crt files (gcc only recommends it)
 	libprotobuf-dev   # /usr/include/google/protobuf/*.proto (protobuf-compiler only recommends it)

@@ -40,7 +40,8 @@ type daemon struct {
 	runcRoot  string // runc's state (ctr --runc-root)
 	config    string
 	logPath   string
-	vzConfig  string // runtime options file of the vz runtime
+	vzConfig  string // runtime options file of the vz runtime (the default network mode, cni)
+	vzUser    string // the same with network = "user" (QEMU's NAT)
 	namespace string
 	snap      *snapDaemon // the vz snapshotter, when the snapshotter tests can run
 
@@ -78,6 +79,7 @@ func startDaemon(bin binaries) (*daemon, error) {
 		config:    filepath.Join(dir, "config.toml"),
 		logPath:   filepath.Join(dir, "containerd.log"),
 		vzConfig:  filepath.Join(dir, "vz-runtime.toml"),
+		vzUser:    filepath.Join(dir, "vz-runtime-user.toml"),
 		// Unique per run: runc puts cgroups at /<namespace>/<id>.
 		namespace: fmt.Sprintf("vztest-%d", os.Getpid()),
 		exited:    make(chan struct{}),
@@ -109,6 +111,9 @@ func startDaemon(bin binaries) (*daemon, error) {
 		return d, err
 	}
 	if err := os.WriteFile(d.vzConfig, []byte(vzRuntimeTOML(bin)), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(d.vzUser, []byte(vzRuntimeTOML(bin)+"network = \"user\"\n"), 0o600); err != nil {
 		return nil, err
 	}
 

@@ -63,6 +63,8 @@ type harness struct {
 	base     baseline
 	logStart int64
 	ids      []string
+	// vzConfig, when set, replaces the daemon's runtime options file of the vz runtime.
+	vzConfig string
 }
 
 // newHarness skips tb (loudly) when rt cannot run here.
@@ -123,7 +125,11 @@ var idCounter int
 func (h *harness) runArgs(flags []string, id string, command ...string) []string {
 	args := []string{"run", "--runtime", h.rt.runtime, "--snapshotter", snapshotter}
 	if h.rt.vm {
-		args = append(args, "--runtime-config-path", h.d.vzConfig)
+		cfg := h.d.vzConfig
+		if h.vzConfig != "" {
+			cfg = h.vzConfig
+		}
+		args = append(args, "--runtime-config-path", cfg)
 	} else {
 		args = append(args, "--runc-root", h.d.runcRoot)
 	}

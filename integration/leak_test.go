@@ -70,10 +70,14 @@ func listProcs() []proc {
 type baseline struct {
 	snapshots map[string]bool // blockfile snapshot files (the image's layer)
 	vzFiles   map[string]bool // files under the vz snapshotter's root
+	netFiles  map[string]bool // the tasks' networks on the host (netFiles)
 }
 
 func (d *daemon) takeBaseline() baseline {
-	b := baseline{snapshots: map[string]bool{}, vzFiles: map[string]bool{}}
+	b := baseline{snapshots: map[string]bool{}, vzFiles: map[string]bool{}, netFiles: map[string]bool{}}
+	for _, f := range netFiles() {
+		b.netFiles[f] = true
+	}
 	for _, f := range d.snapshotFiles() {
 		b.snapshots[f] = true
 	}
@@ -209,6 +213,7 @@ func (d *daemon) checkLeaks(base *baseline, timeout time.Duration) []string {
 	deadline := time.Now().Add(timeout)
 	for {
 		problems := append(d.hostLeaks(), d.stateLeaks(base)...)
+		problems = append(problems, netLeaks(base)...)
 		if len(problems) == 0 || time.Now().After(deadline) {
 			return problems
 		}

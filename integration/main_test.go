@@ -75,6 +75,13 @@ func runMain(m *testing.M) int {
 		banner(skipPrefix + suite.skipAll)
 		return m.Run()
 	}
+	if code, ok := runInNetNS(); ok {
+		return code
+	}
+	if err := loopbackUp(); err != nil {
+		fmt.Fprintf(os.Stderr, "integration: lo in the test's network namespace: %v\n", err)
+		return 1
+	}
 	if suite.skipVZ != "" {
 		banner(skipPrefix + "vz subtests: " + suite.skipVZ)
 	}
@@ -175,6 +182,13 @@ func discover(bin *binaries) (skipAll, skipVZ string) {
 		if _, err := os.Stat(p); err != nil {
 			missing = append(missing, p+" (make guest)")
 		}
+	}
+	// The default network: the shim finds the plugins in _output/cni/bin; they need iptables.
+	if !isExecutable(filepath.Join(root, "_output", "cni", "bin", "bridge")) {
+		missing = append(missing, "the CNI plugins (make cni)")
+	}
+	if _, err := lookPath("iptables", bin.path); err != nil {
+		missing = append(missing, "iptables (apt-get install iptables)")
 	}
 	if _, err := lookPath(qemuBinary(), bin.path); err != nil {
 		missing = append(missing, qemuBinary()+" (apt-get install qemu-system)")

@@ -17,12 +17,13 @@ const (
 	vzNetDNS     = "10.0.2.3"
 )
 
-// TestNetworkVZOnly: a VM's container reaches the host through the VM's NIC, configured by the
-// agent with DHCP, and sees the agent's resolv.conf, hosts and hostname. vz only: a runc
+// TestNetworkVZOnly: with network = "user", a VM's container reaches the host through the VM's
+// NIC behind QEMU's NAT, configured by the agent with DHCP, and sees the agent's resolv.conf, hosts and hostname. vz only: a runc
 // container's network is the host's own, there is nothing of this to check (the hostname is
 // checked for both runtimes by TestNetworkHostname).
 func TestNetworkVZOnly(t *testing.T) {
 	h := newHarness(t, runtimeCase{name: "vz", runtime: vzRuntime, vm: true})
+	h.vzConfig = h.d.vzUser
 
 	const page = "hello from the host over the VM's NIC"
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -134,21 +135,55 @@ func (manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_ *b
 
 // Stop is `delete`: containerd's cleanup after a shim that died. It stops a
 // VM left behind and removes the shim's files from the bundle.
+//
+// containerd names the bundle with -bundle; it may be gone already, so
+// nothing here needs it to exist.
 func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
-	cwd, err := os.Getwd()
-	if err != nil {
-		return shim.StopStatus{}, err
+	bundle := ""
+	if o, ok := ctx.Value(shim.OptsKey{}).(shim.Opts); ok {
+		bundle = o.BundlePath
 	}
-	bundle := filepath.Join(filepath.Dir(cwd), id)
+	if bundle == "" {
+		cwd, err := os.Getwd()
+		if err != nil {
+			return shim.StopStatus{}, fmt.Errorf("no -bundle and no working directory: %w", err)
+		}
+		bundle = filepath.Join(filepath.Dir(cwd), id)
+	}
 	if err := cleanupMachine(ctx, filepath.Join(bundle, "vm")); err != nil {
 		log.G(ctx).WithError(err).Warn("stopping a leftover VM")
 	}
 	if err := unmountHostRootfs(filepath.Join(bundle, "rootfs")); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting a leftover rootfs")
 	}
+	// After the VM, which held the namespace's taps.
+	if err := cleanupNetwork(ctx, bundle); err != nil {
+		log.G(ctx).WithError(err).Warn("removing a leftover network")
+	}
 	os.RemoveAll(filepath.Join(bundle, "vm"))
 	os.Remove(filepath.Join(bundle, optionsFile))
+	removeDeadSocket(ctx, bundle)
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
+}
+
+// removeDeadSocket removes the socket of a shim that was killed: a shim
+// removes its own when it exits, but SIGKILL gives it no chance, and
+// containerd leaves it in the socket directory. containerd keeps the
+// address in the bundle's bootstrap.json.
+func removeDeadSocket(ctx context.Context, bundle string) {
+	b, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json"))
+	if err != nil {
+		return
+	}
+	var res struct {
+		Address string `json:"address"`
+	}
+	if json.Unmarshal(b, &res) != nil || res.Address == "" || shim.CanConnect(res.Address) {
+		return
+	}
+	if err := shim.RemoveSocket(res.Address); err != nil {
+		log.G(ctx).WithError(err).Warn("removing a dead shim's socket")
+	}
 }
 
 // Info answers `-info`.

@@ -14,8 +14,8 @@ const guestNetDir = "/run/vz-agent/net"
 var networkFiles = []string{"resolv.conf", "hosts", "hostname"}
 
 // networkSpec adjusts the container's spec for the VM's network: the
-// container shares the VM's network namespace (a "network" namespace
-// without a path is dropped), and /etc/resolv.conf, /etc/hosts and
+// container shares the VM's network namespace (its "network" namespace is
+// dropped: the VM's is the one the spec asked for, or a new one), and /etc/resolv.conf, /etc/hosts and
 // /etc/hostname come from the agent's files (bind mounts of
 // /run/vz-agent/net/{resolv.conf,hosts,hostname}, read-only) when the VM
 // has a NIC. A mount the spec already has at one of those destinations is
@@ -26,7 +26,7 @@ func networkSpec(spec *specs.Spec, withNIC bool) {
 	if spec.Linux != nil {
 		ns := spec.Linux.Namespaces[:0]
 		for _, n := range spec.Linux.Namespaces {
-			if n.Type == specs.NetworkNamespace && n.Path == "" {
+			if n.Type == specs.NetworkNamespace {
 				continue
 			}
 			ns = append(ns, n)

@@ -20,16 +20,28 @@ import (
 // Options are the runtime options of DESIGN §7, read from a TOML file
 // (ctr run --runtime-config-path) or from the CRI runtime's options table.
 type Options struct {
-	Kernel       string   `toml:"kernel"`
-	Initrd       string   `toml:"initrd"`
-	Backend      string   `toml:"backend"`
-	Arch         string   `toml:"arch"`
-	Accel        string   `toml:"accel"`
-	CPUs         int      `toml:"cpus"`
-	MemoryMiB    int      `toml:"memory_mib"`
-	KernelArgs   []string `toml:"kernel_args"`
-	Network      *bool    `toml:"network"`
-	DebugConsole bool     `toml:"debug_console"`
+	Kernel     string   `toml:"kernel"`
+	Initrd     string   `toml:"initrd"`
+	Backend    string   `toml:"backend"`
+	Arch       string   `toml:"arch"`
+	Accel      string   `toml:"accel"`
+	CPUs       int      `toml:"cpus"`
+	MemoryMiB  int      `toml:"memory_mib"`
+	KernelArgs []string `toml:"kernel_args"`
+	// NetworkSetting is the "network" key as written: "cni", "user",
+	// "none", or the older true ("user") and false ("none"). Network is
+	// the mode it selects.
+	NetworkSetting any    `toml:"network"`
+	Network        string `toml:"-"`
+	// CNI, for network = "cni" without a namespace in the spec:
+	// CNIConfDir holds the .conflist files (default /etc/cni/net.d),
+	// CNINetwork names the network (default "vz", built in unless the
+	// directory defines it), CNIBinDir is where the plugins are (default
+	// /opt/cni/bin, else the plugins installed next to the shim).
+	CNIConfDir   string `toml:"cni_conf_dir"`
+	CNIBinDir    string `toml:"cni_bin_dir"`
+	CNINetwork   string `toml:"cni_network"`
+	DebugConsole bool   `toml:"debug_console"`
 	// BootTimeout bounds the wait for the agent, in seconds (default 120).
 	BootTimeout int `toml:"boot_timeout"`
 	// DiskCaching and DiskSync are VZ's disk image caching mode
@@ -39,6 +51,22 @@ type Options struct {
 	DiskCaching string `toml:"disk_caching"`
 	DiskSync    string `toml:"disk_sync"`
 }
+
+// Network modes.
+const (
+	networkCNI  = "cni"  // a network namespace with CNI's network (Linux)
+	networkUser = "user" // one NIC behind the VMM's NAT (QEMU user, VZ NAT)
+	networkNone = "none"
+)
+
+// SystemConfigEnv names the system-wide options file in the environment
+// containerd gives its shims; DefaultSystemConfig is where it is otherwise.
+// Clients that pass no runtime options (nerdctl, Docker-style tools) get
+// its settings; a task's own options override it key by key.
+const (
+	SystemConfigEnv     = "CONTAINERD_VZ_CONFIG"
+	DefaultSystemConfig = "/etc/containerd-vz/runtime.toml"
+)
 
 var (
 	diskCachingModes = []string{"automatic", "cached", "uncached"}
@@ -82,6 +110,9 @@ func loadOptions(bundle string, createOpts *anypb.Any) (Options, error) {
 		return Options{}, err
 	}
 	var o Options
+	if err := loadSystemOptions(&o); err != nil {
+		return Options{}, err
+	}
 	if ro != nil {
 		body := ro.ConfigBody
 		if len(body) == 0 && ro.ConfigPath != "" {
@@ -101,6 +132,26 @@ func loadOptions(bundle string, createOpts *anypb.Any) (Options, error) {
 	return o, nil
 }
 
+// loadSystemOptions reads the system-wide file into o, when there is one.
+func loadSystemOptions(o *Options) error {
+	path := os.Getenv(SystemConfigEnv)
+	if path == "" {
+		path = DefaultSystemConfig
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("runtime options %s: %w", path, err)
+	}
+	if err := parseOptions(b, o); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// parseOptions decodes body into o: keys it has replace o's, others stay.
 func parseOptions(body []byte, o *Options) error {
 	dec := toml.NewDecoder(strings.NewReader(string(body)))
 	dec.DisallowUnknownFields()
@@ -139,9 +190,21 @@ func (o *Options) setDefaults() error {
 	if o.MemoryMiB <= 0 {
 		o.MemoryMiB = 512
 	}
-	if o.Network == nil {
-		t := true
-		o.Network = &t
+	switch v := o.NetworkSetting.(type) {
+	case nil:
+		o.Network = defaultNetwork
+	case bool:
+		o.Network = networkNone
+		if v {
+			o.Network = networkUser
+		}
+	case string:
+		o.Network = v
+	default:
+		return fmt.Errorf("network %v: want \"cni\", \"user\" or \"none\": %w", v, errdefs.ErrInvalidArgument)
+	}
+	if !slices.Contains(networkModes, o.Network) {
+		return fmt.Errorf("network %q: want one of %v: %w", o.Network, networkModes, errdefs.ErrInvalidArgument)
 	}
 	if o.BootTimeout <= 0 {
 		// Generous: under TCG on a busy host a boot has taken over a

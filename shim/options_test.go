@@ -23,7 +23,7 @@ func TestLoadOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Kernel != "/k" || o.Initrd != "/i" || o.Accel != "tcg" || o.CPUs != 3 || o.MemoryMiB != 300 || *o.Network || o.KernelArgs[0] != "a=1" || o.BootTimeout != 120 {
+	if o.Kernel != "/k" || o.Initrd != "/i" || o.Accel != "tcg" || o.CPUs != 3 || o.MemoryMiB != 300 || o.Network != "none" || o.KernelArgs[0] != "a=1" || o.BootTimeout != 120 {
 		t.Errorf("options %+v", o)
 	}
 
@@ -35,7 +35,7 @@ func TestLoadOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Kernel != "/k2" || o.CPUs != 2 || o.MemoryMiB != 512 || !*o.Network {
+	if o.Kernel != "/k2" || o.CPUs != 2 || o.MemoryMiB != 512 || o.Network != defaultNetwork {
 		t.Errorf("defaults: %+v", o)
 	}
 

@@ -113,33 +113,80 @@ func TestGuestSpec(t *testing.T) {
 	}
 	s := &specs.Spec{Root: &specs.Root{Path: "/run/containerd/x/rootfs"}, Process: &specs.Process{Args: []string{"true"}},
 		Mounts: []specs.Mount{{Destination: "/proc", Type: "proc", Source: "proc"}}}
-	_, b, _, _, err := guestSpec(write(s), "9p", false)
+	g, _, _, _, err := guestSpec(write(s), "9p")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got specs.Spec
-	json.Unmarshal(b, &got)
+	got := *g
 	if got.Root.Path != "rootfs" || len(got.Mounts) != 1 {
 		t.Errorf("guest spec root %q mounts %v", got.Root.Path, got.Mounts)
 	}
 
 	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: t.TempDir(), Options: []string{"rbind"}})
-	_, b, shares, agentShares, err := guestSpec(write(s), "9p", false)
+	g, _, shares, agentShares, err := guestSpec(write(s), "9p")
 	if err != nil {
 		t.Fatal(err)
 	}
-	json.Unmarshal(b, &got)
+	got = *g
 	if len(shares) != 1 || len(agentShares) != 1 || got.Mounts[1].Source != "/run/vz-agent/shares/s0" {
 		t.Errorf("bind mount: shares %v %v, guest mounts %v", shares, agentShares, got.Mounts)
 	}
 	s.Mounts[1].Source = filepath.Join(t.TempDir(), "missing")
-	if _, _, _, _, err := guestSpec(write(s), "9p", false); !errdefs.IsNotFound(err) {
+	if _, _, _, _, err := guestSpec(write(s), "9p"); !errdefs.IsNotFound(err) {
 		t.Errorf("bind mount of a missing source: %v, want not found", err)
 	}
 
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte("{"), 0o644)
-	if _, _, _, _, err := guestSpec(dir, "9p", false); !errdefs.IsInvalidArgument(err) {
+	if _, _, _, _, err := guestSpec(dir, "9p"); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("malformed: %v, want invalid argument", err)
+	}
+}
+
+func TestGuestSpecHostParts(t *testing.T) {
+	dir := t.TempDir()
+	s := &specs.Spec{
+		Version: "1.2.0",
+		Root:    &specs.Root{Path: "rootfs"},
+		Hooks: &specs.Hooks{
+			CreateRuntime:   []specs.Hook{{Path: "/bin/cr"}},
+			CreateContainer: []specs.Hook{{Path: "/bin/cc"}},
+			StartContainer:  []specs.Hook{{Path: "/bin/sc"}},
+			Poststart:       []specs.Hook{{Path: "/bin/ps"}},
+			Poststop:        []specs.Hook{{Path: "/bin/pt"}},
+		},
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace, Path: "/var/run/netns/x"}},
+			Sysctl:     map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "kernel.msgmax": "8192"},
+		},
+	}
+	b, _ := json.Marshal(s)
+	os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644)
+	g, hs, _, _, err := guestSpec(dir, "9p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs.netnsPath != "/var/run/netns/x" || hs.netnsNew {
+		t.Errorf("netns %q new %v", hs.netnsPath, hs.netnsNew)
+	}
+	if len(hs.hooks.createRuntime) != 1 || len(hs.hooks.poststart) != 1 || len(hs.hooks.poststop) != 1 || !hs.hooks.setsUpNetwork() {
+		t.Errorf("host hooks %+v", hs.hooks)
+	}
+	if len(g.Hooks.CreateRuntime)+len(g.Hooks.Poststart)+len(g.Hooks.Poststop) != 0 || len(g.Hooks.CreateContainer) != 1 || len(g.Hooks.StartContainer) != 1 {
+		t.Errorf("guest hooks %+v: want only createContainer and startContainer", g.Hooks)
+	}
+	if hs.sysctls["net.ipv4.ip_unprivileged_port_start"] != "0" || len(hs.sysctls) != 1 {
+		t.Errorf("host sysctls %v", hs.sysctls)
+	}
+	if _, ok := g.Linux.Sysctl["net.ipv4.ip_unprivileged_port_start"]; ok || g.Linux.Sysctl["kernel.msgmax"] != "8192" {
+		t.Errorf("guest sysctls %v: want kernel.msgmax only", g.Linux.Sysctl)
+	}
+
+	// Other host namespaces: invalid (never NotImplemented, see Create).
+	s.Linux.Namespaces[0].Path = "/proc/1/ns/pid"
+	b, _ = json.Marshal(s)
+	os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644)
+	if _, _, _, _, err := guestSpec(dir, "9p"); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("pid namespace path: %v, want invalid argument", err)
 	}
 }

@@ -85,6 +85,9 @@ type vmTask struct {
 	console               string
 	keepConsole           bool
 	hostRootfs            string // the snapshot the shim mounted on the host
+	net                   *taskNet
+	hooks                 hostHooks
+	spec                  *specs.Spec
 
 	mu      sync.Mutex
 	procs   map[string]*hostProcess // "" is init
@@ -199,6 +202,12 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	s.mu.Unlock()
 	t, err := s.create(ctx, r)
 	if err != nil {
+		if errdefs.IsNotImplemented(err) {
+			// containerd takes NotImplemented from Create for "this shim
+			// has no task API v3", retries v2 and then can neither use
+			// nor delete the shim: a request we cannot serve is invalid.
+			err = fmt.Errorf("%s: %w", err.Error(), errdefs.ErrInvalidArgument)
+		}
 		return nil, errgrpc.ToGRPC(err)
 	}
 	s.mu.Lock()
@@ -229,7 +238,24 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, err
 	}
 	fstype := shareFSType(opts.Backend)
-	spec, config, shares, setupShares, err := guestSpec(r.Bundle, fstype, *opts.Network)
+	spec, hs, shares, setupShares, err := guestSpec(r.Bundle, fstype)
+	if err != nil {
+		return nil, err
+	}
+	tnet, err := newTaskNet(ctx, r.Bundle, ns, r.ID, hs, opts)
+	if err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := tnet.teardown(context.WithoutCancel(ctx)); err != nil {
+				log.G(ctx).WithError(err).Warn("removing the task's network")
+			}
+		}
+	}()
+	// After the shares: the network files are guest paths, not host ones.
+	networkSpec(spec, tnet.hasNetwork())
+	config, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -268,13 +294,13 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		MemoryMiB:   memMiB,
 		Disks:       rootfs.disks,
 		Shares:      shares,
-		Network:     *opts.Network,
 		ConsoleLog:  console,
 		StateDir:    stateDir,
 		Accel:       opts.Accel,
 		DiskCaching: opts.DiskCaching,
 		DiskSync:    opts.DiskSync,
 	}
+	tnet.configure(&cfg)
 	m, err := newMachine(ctx, opts.Backend, cfg)
 	if err != nil {
 		return nil, err
@@ -288,6 +314,9 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		keepConsole: opts.DebugConsole,
 		hostRootfs:  rootfs.hostMounted,
 		procs:       make(map[string]*hostProcess),
+		net:         tnet,
+		hooks:       hs.hooks,
+		spec:        spec,
 	}
 	defer func() {
 		if retErr != nil {
@@ -295,8 +324,8 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}()
 	start := time.Now()
-	if err := m.Start(ctx); err != nil {
-		return nil, fmt.Errorf("starting the VM: %w", err)
+	if err := t.boot(ctx); err != nil {
+		return nil, err
 	}
 	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(opts.BootTimeout)*time.Second)
 	conn, err := vm.DialRetry(bootCtx, m, agentapi.PortControl)
@@ -310,7 +339,14 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	log.G(ctx).WithField("boot", time.Since(start)).Info("agent ready")
 
 	sys := agentapi.NewSystemClient(t.client)
-	if _, err := sys.Setup(ctx, &agentapi.SetupRequest{Hostname: spec.Hostname, Time: protobuf.ToTimestamp(time.Now()), Shares: setupShares}); err != nil {
+	setup := &agentapi.SetupRequest{
+		Hostname: spec.Hostname,
+		Time:     protobuf.ToTimestamp(time.Now()),
+		Shares:   setupShares,
+		Network:  tnet.guest(),
+		Sysctls:  hs.sysctls,
+	}
+	if _, err := sys.Setup(ctx, setup); err != nil {
 		return nil, fmt.Errorf("setting up the guest: %w", errgrpc.ToNative(err))
 	}
 	b, err := t.bundles.Create(ctx, &agentapi.CreateBundleRequest{
@@ -345,18 +381,76 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	return t, nil
 }
 
+// hostSpec is what of the container's spec the host acts on itself.
+type hostSpec struct {
+	hooks hostHooks
+	// netnsPath is the network namespace the spec names; netnsNew says
+	// it asks for a new one.
+	netnsPath string
+	netnsNew  bool
+	// sysctls are the spec's net.* sysctls: they go to the VM, the
+	// container's network sandbox.
+	sysctls map[string]string
+}
+
+// boot starts the VM. A VMM that can run before its guest (vm.Launcher) is
+// launched first: the prestart and createRuntime hooks see its pid, in the
+// VM's network namespace, and the NICs of what they made there are added
+// before the guest boots.
+func (t *vmTask) boot(ctx context.Context) error {
+	l, ok := t.machine.(vm.Launcher)
+	if !ok {
+		if t.hooks.setsUpNetwork() {
+			return fmt.Errorf("prestart and createRuntime hooks need a VMM process on the host, which this backend has not: %w", errdefs.ErrInvalidArgument)
+		}
+		if err := t.machine.Start(ctx); err != nil {
+			return fmt.Errorf("starting the VM: %w", err)
+		}
+		return nil
+	}
+	if err := l.Launch(ctx); err != nil {
+		return fmt.Errorf("starting the VM: %w", err)
+	}
+	state := t.hookState(specs.StateCreating)
+	if err := runHooks(ctx, "prestart", t.hooks.prestart, state); err != nil {
+		return err
+	}
+	if err := runHooks(ctx, "createRuntime", t.hooks.createRuntime, state); err != nil {
+		return err
+	}
+	if err := t.net.plug(ctx, l); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if err := l.Start(ctx); err != nil {
+		return fmt.Errorf("starting the VM: %w", err)
+	}
+	return nil
+}
+
+// hookState is the container's state as its OCI hooks read it; the pid is
+// the VMM's, the task's process on the host.
+func (t *vmTask) hookState(status specs.ContainerState) specs.State {
+	st := specs.State{ID: t.id, Status: status, Pid: t.machine.Pid(), Bundle: t.bundle}
+	if t.spec != nil {
+		st.Version, st.Annotations = t.spec.Version, t.spec.Annotations
+	}
+	return st
+}
+
 // guestSpec reads the bundle's config.json and rewrites it for the guest:
 // the root becomes the bundle's rootfs directory there, bind mounts of host
-// paths come from the VM shares it returns (mounted with fstype), and the
-// container gets the VM's network (networkSpec).
-func guestSpec(bundle, fstype string, withNIC bool) (*specs.Spec, []byte, []vm.Share, []*agentapi.Share, error) {
+// paths come from the VM shares it returns (mounted with fstype), the
+// host's hooks, network namespace and net.* sysctls move to hostSpec.
+// networkSpec finishes it once the VM's network is known.
+func guestSpec(bundle, fstype string) (*specs.Spec, hostSpec, []vm.Share, []*agentapi.Share, error) {
+	var hs hostSpec
 	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("reading config.json: %w", err)
+		return nil, hs, nil, nil, fmt.Errorf("reading config.json: %w", err)
 	}
 	var spec specs.Spec
 	if err := json.Unmarshal(b, &spec); err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("malformed config.json: %v: %w", err, errdefs.ErrInvalidArgument)
+		return nil, hs, nil, nil, fmt.Errorf("malformed config.json: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	if spec.Root == nil {
 		spec.Root = &specs.Root{}
@@ -364,23 +458,32 @@ func guestSpec(bundle, fstype string, withNIC bool) (*specs.Spec, []byte, []vm.S
 	spec.Root.Path = "rootfs"
 	shares, agentShares, err := guestShares(&spec, fstype)
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, hs, nil, nil, err
 	}
-	// After the shares: the network files are guest paths, not host ones.
-	networkSpec(&spec, withNIC)
+	hs.hooks = takeHostHooks(&spec)
 	if spec.Linux != nil {
-		for i, n := range spec.Linux.Namespaces {
-			if n.Path != "" {
-				return nil, nil, nil, nil, fmt.Errorf("joining the %s namespace at %s: host namespaces do not exist in the VM: %w", n.Type, n.Path, errdefs.ErrNotImplemented)
+		for _, n := range spec.Linux.Namespaces {
+			if n.Type == specs.NetworkNamespace {
+				hs.netnsPath, hs.netnsNew = n.Path, n.Path == ""
+				continue
 			}
-			spec.Linux.Namespaces[i] = n
+			if n.Path != "" {
+				// InvalidArgument, not NotImplemented: containerd takes
+				// the latter from Create for "task API v3 unsupported".
+				return nil, hs, nil, nil, fmt.Errorf("joining the %s namespace at %s: host namespaces do not exist in the VM: %w", n.Type, n.Path, errdefs.ErrInvalidArgument)
+			}
+		}
+		for k, v := range spec.Linux.Sysctl {
+			if strings.HasPrefix(k, "net.") {
+				if hs.sysctls == nil {
+					hs.sysctls = map[string]string{}
+				}
+				hs.sysctls[k] = v
+				delete(spec.Linux.Sysctl, k)
+			}
 		}
 	}
-	out, err := json.Marshal(&spec)
-	if err != nil {
-		return nil, nil, nil, nil, err
-	}
-	return &spec, out, shares, agentShares, nil
+	return &spec, hs, shares, agentShares, nil
 }
 
 func hasOption(opts []string, o string) bool {
@@ -572,6 +675,14 @@ func (t *vmTask) stop(ctx context.Context) {
 			p.io.close()
 		}
 	}
+	// After the VM: hooks that undo what createRuntime hooks made
+	// (nerdctl's CNI teardown), then the network the VM used.
+	if err := runHooks(ctx, "poststop", t.hooks.poststop, t.hookState(specs.StateStopped)); err != nil {
+		log.G(ctx).WithError(err).WithField("id", t.id).Warn("poststop hook failed")
+	}
+	if err := t.net.teardown(ctx); err != nil {
+		log.G(ctx).WithError(err).WithField("id", t.id).Warn("removing the task's network")
+	}
 	// After the VM: QEMU serves the share from it until it exits.
 	if t.hostRootfs != "" {
 		if err := unmountHostRootfs(t.hostRootfs); err != nil {
@@ -606,6 +717,12 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	p.mu.Lock()
 	p.pid = resp.Pid
 	p.mu.Unlock()
+	if r.ExecID == "" {
+		// As the runtime spec says: a failed poststart hook is a warning.
+		if err := runHooks(ctx, "poststart", t.hooks.poststart, t.hookState(specs.StateRunning)); err != nil {
+			log.G(ctx).WithError(err).WithField("id", t.id).Warn("poststart hook failed")
+		}
+	}
 	return resp, nil
 }
 

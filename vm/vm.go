@@ -6,6 +6,8 @@ package vm
 
 import (
 	"context"
+	"net"
+	"os"
 
 	"github.com/vz-shim/containerd-shim-vz/transport"
 )
@@ -31,6 +33,12 @@ type Config struct {
 	Shares []Share
 	// Network gives the VM one NIC with NAT / user networking.
 	Network bool
+	// NetNS is the path of a network namespace the VMM runs in (Linux):
+	// its NICs are taps of that namespace (Launcher.AddNIC).
+	NetNS string
+	// NICSlots reserves hot-plug slots for NICs added with
+	// Launcher.AddNIC (QEMU: PCIe root ports).
+	NICSlots int
 	// ConsoleLog receives the guest's console output.
 	ConsoleLog string
 	// StateDir holds the backend's own files (sockets, pid file). It must
@@ -84,4 +92,28 @@ type Machine interface {
 	// Pid is the VMM's process id on the host, or 0 when the VM runs in
 	// the shim's own process (VZ).
 	Pid() int
+}
+
+// NIC is a network interface of the guest backed by a host tap device.
+type NIC struct {
+	// ID names the NIC among the VM's devices.
+	ID string
+	// MAC and MTU are the guest NIC's.
+	MAC net.HardwareAddr
+	MTU int
+	// Tap is the open tap device; the VMM gets a copy of it, the caller
+	// keeps and closes its own.
+	Tap *os.File
+}
+
+// Launcher is a Machine whose VMM can run before its guest does. OCI hooks
+// want the VMM's pid in its network namespace, and the NICs of the
+// interfaces they make there are added after: Launch, hooks, AddNIC, then
+// Start lets the guest run.
+type Launcher interface {
+	Machine
+	// Launch starts the VMM with the guest's vCPUs stopped.
+	Launch(ctx context.Context) error
+	// AddNIC adds a NIC to a launched machine, before Start.
+	AddNIC(ctx context.Context, nic NIC) error
 }

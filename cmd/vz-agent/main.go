@@ -92,8 +92,11 @@ func runInit() error {
 		return err
 	}
 	// Before serving, so that no container starts without its network.
-	if _, err := agent.ConfigureNetwork(ctx, agent.NetworkDir); err != nil {
-		log.G(ctx).WithError(err).Error("NETWORK NOT CONFIGURED: containers run without network")
+	// vz.net=static: the shim sends the addresses in Setup instead.
+	if mode, _ := cmdline.Get("vz.net"); mode != "static" {
+		if _, err := agent.ConfigureNetwork(ctx, agent.NetworkDir); err != nil {
+			log.G(ctx).WithError(err).Error("NETWORK NOT CONFIGURED: containers run without network")
+		}
 	}
 	lf, closeT, err := guestTransport(ctx, cmdline)
 	if err != nil {

@@ -43,6 +43,7 @@ const (
 	maxMemoryMiB = 1 << 20
 	maxDiskID    = 20 // virtio-blk serial
 	maxShareTag  = 31 // the 9p mount tag limit of older QEMUs
+	maxNICSlots  = 8
 	agentPort    = "agent"
 	agentPortDev = "agentport" // qdev id: QEMU reports VSERPORT_CHANGE by it
 	vhostVsock   = "/dev/vhost-vsock"
@@ -143,6 +144,17 @@ func validate(cfg vm.Config) (vm.Config, error) {
 		shares[i] = s
 	}
 	cfg.Shares = shares
+	if cfg.NICSlots < 0 || cfg.NICSlots > maxNICSlots {
+		return cfg, invalid("%d NIC slots: want 0 to %d", cfg.NICSlots, maxNICSlots)
+	}
+	if cfg.NetNS != "" {
+		if cfg.NetNS, err = filepath.Abs(cfg.NetNS); err != nil {
+			return cfg, invalid("network namespace: %v", err)
+		}
+		if _, err := os.Stat(cfg.NetNS); err != nil {
+			return cfg, invalid("network namespace %s: %v", cfg.NetNS, err)
+		}
+	}
 	if max := MaxDisks(cfg); len(cfg.Disks) > max {
 		return cfg, invalid("%d disks: this VM takes at most %d", len(cfg.Disks), max)
 	}
@@ -159,7 +171,7 @@ func MaxDisks(cfg vm.Config) int {
 	if cfg.Arch == "arm64" {
 		free = 31
 	}
-	n := free - 2 - len(cfg.Shares) // virtio-rng, virtio-serial or vhost-vsock
+	n := free - 2 - len(cfg.Shares) - cfg.NICSlots // virtio-rng, virtio-serial or vhost-vsock
 	if cfg.Network {
 		n--
 	}
@@ -306,6 +318,12 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 			"-device", fmt.Sprintf("virtio-9p-pci,fsdev=fs%d,mount_tag=%s", i, s.Tag),
 		)
 	}
+	// Root ports for NICs hot-plugged before the guest runs (AddNIC): the
+	// root bus of q35 and virt takes no hot-plug. chassis numbers must be
+	// unique.
+	for i := 0; i < cfg.NICSlots; i++ {
+		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d", nicSlot(i), i+1))
+	}
 	if cfg.Network {
 		// romfile=: no iPXE option ROM; we boot the kernel directly.
 		a = append(a,
@@ -321,3 +339,6 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 func optEscape(s string) string {
 	return strings.ReplaceAll(s, ",", ",,")
 }
+
+// nicSlot is the qdev id of the i-th root port reserved for NICs.
+func nicSlot(i int) string { return fmt.Sprintf("nicslot%d", i) }

@@ -88,7 +88,10 @@ type Machine struct {
 	// and is never held while waiting.
 	lifecycle sync.Mutex
 	mu        sync.Mutex
-	started   bool
+	started   bool  // QEMU was launched (or tried to be)
+	launched  bool  // ... and answers on QMP
+	running   bool  // Start let the guest run
+	nics      int   // NIC slots taken
 	stopping  bool  // Stop was called
 	killed    bool  // we sent SIGKILL ...
 	killErr   error // ... and this is Err then (nil from Stop)
@@ -162,43 +165,122 @@ func (m *Machine) Command() []string {
 // CID is the guest's vsock context ID, 0 on the serial transport.
 func (m *Machine) CID() uint32 { return m.cid }
 
-// Start launches QEMU and lets the guest run. It returns once QEMU answers
-// on QMP; the agent is not up yet. If QEMU fails to start, the error holds
-// the tail of its stderr and of the console log, and the machine is done.
+// Start launches QEMU (unless Launch did) and lets the guest run. It
+// returns once QEMU answers on QMP; the agent is not up yet. If QEMU fails
+// to start, the error holds the tail of its stderr and of the console log,
+// and the machine is done.
 func (m *Machine) Start(ctx context.Context) error {
 	m.lifecycle.Lock()
 	defer m.lifecycle.Unlock()
-	m.mu.Lock()
-	started, stopping := m.started, m.stopping
-	m.started = true
-	m.mu.Unlock()
-	if started {
-		return fmt.Errorf("qemu: vm %s: already started: %w", m.cfg.ID, errdefs.ErrFailedPrecondition)
-	}
-	if stopping {
-		return fmt.Errorf("qemu: vm %s: stopped: %w", m.cfg.ID, errdefs.ErrFailedPrecondition)
-	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, startTimeout)
 		defer cancel()
 	}
+	m.mu.Lock()
+	launched, running := m.launched, m.running
+	m.running = true
+	m.mu.Unlock()
+	if running {
+		return fmt.Errorf("qemu: vm %s: already started: %w", m.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
+	if !launched {
+		if err := m.launchLocked(ctx); err != nil {
+			return err
+		}
+	}
+	if _, err := m.qmp.execute(ctx, "cont", nil); err != nil {
+		err = m.startError(err)
+		m.kill(err)
+		return err
+	}
+	return nil
+}
 
+// Launch starts QEMU with the guest stopped (vm.Launcher): NICs can be
+// added, and the VMM's pid is known, before the guest runs.
+func (m *Machine) Launch(ctx context.Context) error {
+	m.lifecycle.Lock()
+	defer m.lifecycle.Unlock()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, startTimeout)
+		defer cancel()
+	}
+	return m.launchLocked(ctx)
+}
+
+// launchLocked runs QEMU, paused, and connects to QMP. Called with
+// lifecycle held.
+func (m *Machine) launchLocked(ctx context.Context) error {
+	m.mu.Lock()
+	started, stopping := m.started, m.stopping
+	m.started = true
+	m.mu.Unlock()
+	if started {
+		return fmt.Errorf("qemu: vm %s: already launched: %w", m.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
+	if stopping {
+		return fmt.Errorf("qemu: vm %s: stopped: %w", m.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
 	if err := m.launch(); err != nil {
 		m.Set(err)
 		m.closeConns()
 		m.removeFiles()
 		return err
 	}
-	err := m.qmp.handshake(ctx)
-	if err == nil {
-		_, err = m.qmp.execute(ctx, "cont", nil)
-	}
-	if err != nil {
+	if err := m.qmp.handshake(ctx); err != nil {
 		err = m.startError(err)
 		m.kill(err)
 		return err
 	}
+	m.mu.Lock()
+	m.launched = true
+	m.mu.Unlock()
+	return nil
+}
+
+// AddNIC plugs a virtio-net NIC backed by nic.Tap into the next free NIC
+// slot of a launched machine whose guest does not run yet: the guest finds
+// it at boot as if it had always been there.
+func (m *Machine) AddNIC(ctx context.Context, nic vm.NIC) error {
+	m.lifecycle.Lock()
+	defer m.lifecycle.Unlock()
+	m.mu.Lock()
+	launched, running, slot := m.launched, m.running, m.nics
+	m.mu.Unlock()
+	if !launched || running {
+		return fmt.Errorf("qemu: vm %s: NICs are added after Launch and before Start: %w", m.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
+	if slot >= m.cfg.NICSlots {
+		return fmt.Errorf("qemu: vm %s: NIC %s: all %d NIC slots are taken: %w", m.cfg.ID, nic.ID, m.cfg.NICSlots, errdefs.ErrResourceExhausted)
+	}
+	if len(nic.MAC) != 6 || nic.Tap == nil {
+		return fmt.Errorf("qemu: NIC %s: needs a MAC address and a tap: %w", nic.ID, errdefs.ErrInvalidArgument)
+	}
+	if err := checkToken(nic.ID, maxDiskID); err != nil {
+		return invalid("NIC id %q: %v", nic.ID, err)
+	}
+	fdName, netdev, dev := "tapfd-"+nic.ID, "netdev-"+nic.ID, "nic-"+nic.ID
+	if _, err := m.qmp.executeFD(ctx, "getfd", map[string]any{"fdname": fdName}, nic.Tap); err != nil {
+		return fmt.Errorf("qemu: vm %s: NIC %s: %w", m.cfg.ID, nic.ID, err)
+	}
+	if _, err := m.qmp.execute(ctx, "netdev_add", map[string]any{"type": "tap", "id": netdev, "fd": fdName, "vhost": false}); err != nil {
+		return fmt.Errorf("qemu: vm %s: NIC %s: %w", m.cfg.ID, nic.ID, err)
+	}
+	dargs := map[string]any{
+		"driver": "virtio-net-pci", "id": dev, "netdev": netdev, "bus": nicSlot(slot),
+		"mac": nic.MAC.String(), "romfile": "",
+	}
+	if nic.MTU > 0 {
+		dargs["host_mtu"] = nic.MTU
+	}
+	if _, err := m.qmp.execute(ctx, "device_add", dargs); err != nil {
+		return fmt.Errorf("qemu: vm %s: NIC %s: %w", m.cfg.ID, nic.ID, err)
+	}
+	m.mu.Lock()
+	m.nics++
+	m.mu.Unlock()
 	return nil
 }
 
@@ -285,9 +367,18 @@ func (m *Machine) startError(err error) error {
 // whose goroutine exits while locked to it. So this goroutine holds its
 // thread, which no other goroutine can then use or retire, until QEMU
 // has exited.
+//
+// With a network namespace the thread enters it first, so that QEMU is
+// born there; that thread is never unlocked and so dies with the
+// goroutine instead of going back to the runtime in a foreign namespace.
 func (m *Machine) run(cmd *exec.Cmd, started chan<- error) {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	if m.cfg.NetNS == "" {
+		defer runtime.UnlockOSThread()
+	} else if err := enterNetNS(m.cfg.NetNS); err != nil {
+		started <- err
+		return
+	}
 	if err := cmd.Start(); err != nil {
 		started <- err
 		return
@@ -545,6 +636,19 @@ func (m *Machine) Pid() int {
 		return 0
 	}
 	return m.cmd.Process.Pid
+}
+
+// enterNetNS moves the calling thread into the network namespace at path.
+func enterNetNS(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("network namespace: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("entering network namespace %s: %w", path, err)
+	}
+	return nil
 }
 
 // socketPair returns our end of a unix stream socketpair as a net.Conn and

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // qmpClient speaks the QEMU Machine Protocol: JSON objects, one a line,
@@ -122,6 +124,11 @@ func (q *qmpClient) handshake(ctx context.Context) error {
 
 // execute runs cmd and returns its "return" value.
 func (q *qmpClient) execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.executeFD(ctx, cmd, args, nil)
+}
+
+// executeFD is execute with f passed along (SCM_RIGHTS), as getfd wants.
+func (q *qmpClient) executeFD(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.nextID++
@@ -142,7 +149,16 @@ func (q *qmpClient) execute(ctx context.Context, cmd string, args any) (json.Raw
 	}
 	// A unix socket write does not block for a line this small unless
 	// QEMU stopped reading altogether; the reply wait below honours ctx.
-	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+	if f != nil {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("qmp %s: passing a file needs a unix socket: %w", cmd, errdefs.ErrNotImplemented)
+		}
+		_, _, err = uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(int(f.Fd())), nil)
+	} else {
+		_, err = q.conn.Write(append(b, '\n'))
+	}
+	if err != nil {
 		return nil, fmt.Errorf("qmp %s: %w: %w", cmd, err, errdefs.ErrUnavailable)
 	}
 	reply := func(m qmpMessage) (json.RawMessage, bool, error) {

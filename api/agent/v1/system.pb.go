@@ -135,7 +135,15 @@ type SetupRequest struct {
 	Time     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// shares are host directories the VM was given; the agent mounts each
 	// at /run/vz-agent/shares/<tag> before any container is created.
-	Shares        []*Share `protobuf:"bytes,3,rep,name=shares,proto3" json:"shares,omitempty"`
+	Shares []*Share `protobuf:"bytes,3,rep,name=shares,proto3" json:"shares,omitempty"`
+	// network, when set, is the VM's network as the host found it in the
+	// VM's network namespace: the agent configures it statically (no DHCP).
+	Network *Network `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
+	// sysctls are namespaced kernel parameters (net.*) the agent sets in
+	// the VM: the VM is the container's network sandbox, so the shim takes
+	// them out of the container's spec (runc refuses them for a container
+	// without a network namespace of its own).
+	Sysctls       map[string]string `protobuf:"bytes,5,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -191,6 +199,260 @@ func (x *SetupRequest) GetShares() []*Share {
 	return nil
 }
 
+func (x *SetupRequest) GetNetwork() *Network {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+func (x *SetupRequest) GetSysctls() map[string]string {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
+}
+
+// Network is the static network configuration of the guest.
+type Network struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Interfaces []*Interface           `protobuf:"bytes,1,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	Routes     []*Route               `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	// nameservers and search go into the VM's resolv.conf.
+	Nameservers []string `protobuf:"bytes,3,rep,name=nameservers,proto3" json:"nameservers,omitempty"`
+	Search      []string `protobuf:"bytes,4,rep,name=search,proto3" json:"search,omitempty"`
+	// ipv6_disabled mirrors net.ipv6.conf.all.disable_ipv6 of the namespace.
+	Ipv6Disabled  bool `protobuf:"varint,5,opt,name=ipv6_disabled,json=ipv6Disabled,proto3" json:"ipv6_disabled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Network) Reset() {
+	*x = Network{}
+	mi := &file_agent_v1_system_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Network) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Network) ProtoMessage() {}
+
+func (x *Network) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_system_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Network.ProtoReflect.Descriptor instead.
+func (*Network) Descriptor() ([]byte, []int) {
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Network) GetInterfaces() []*Interface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+func (x *Network) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *Network) GetNameservers() []string {
+	if x != nil {
+		return x.Nameservers
+	}
+	return nil
+}
+
+func (x *Network) GetSearch() []string {
+	if x != nil {
+		return x.Search
+	}
+	return nil
+}
+
+func (x *Network) GetIpv6Disabled() bool {
+	if x != nil {
+		return x.Ipv6Disabled
+	}
+	return false
+}
+
+// Interface is one NIC of the guest, the twin of an interface of the VM's
+// network namespace on the host.
+type Interface struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mac finds the guest NIC: it carries the host interface's address.
+	Mac string `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	// name is the host interface's name; the guest NIC is renamed to it.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Mtu  uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// addresses in CIDR form (10.88.0.5/16, fd00::5/64).
+	Addresses     []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Interface) Reset() {
+	*x = Interface{}
+	mi := &file_agent_v1_system_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Interface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Interface) ProtoMessage() {}
+
+func (x *Interface) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_system_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Interface.ProtoReflect.Descriptor instead.
+func (*Interface) Descriptor() ([]byte, []int) {
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Interface) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *Interface) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Interface) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *Interface) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+// Route is one route of the namespace's main table.
+type Route struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// destination in CIDR form; empty is the default route.
+	Destination string `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	Gateway     string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// interface is the name of the Interface the route goes out of.
+	Interface string `protobuf:"bytes,3,opt,name=interface,proto3" json:"interface,omitempty"`
+	// scope is the route's rtnetlink scope (0 universe, 253 link).
+	Scope         uint32 `protobuf:"varint,4,opt,name=scope,proto3" json:"scope,omitempty"`
+	Metric        uint32 `protobuf:"varint,5,opt,name=metric,proto3" json:"metric,omitempty"`
+	Source        string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Route) Reset() {
+	*x = Route{}
+	mi := &file_agent_v1_system_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Route) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Route) ProtoMessage() {}
+
+func (x *Route) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_system_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Route.ProtoReflect.Descriptor instead.
+func (*Route) Descriptor() ([]byte, []int) {
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Route) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *Route) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *Route) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
+func (x *Route) GetScope() uint32 {
+	if x != nil {
+		return x.Scope
+	}
+	return 0
+}
+
+func (x *Route) GetMetric() uint32 {
+	if x != nil {
+		return x.Metric
+	}
+	return 0
+}
+
+func (x *Route) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
 type Share struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tag is the mount tag of the 9p or virtio-fs device.
@@ -208,7 +470,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_agent_v1_system_proto_msgTypes[3]
+	mi := &file_agent_v1_system_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +482,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[3]
+	mi := &file_agent_v1_system_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +495,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{3}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Share) GetTag() string {
@@ -273,7 +535,7 @@ type SetTimeRequest struct {
 
 func (x *SetTimeRequest) Reset() {
 	*x = SetTimeRequest{}
-	mi := &file_agent_v1_system_proto_msgTypes[4]
+	mi := &file_agent_v1_system_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +547,7 @@ func (x *SetTimeRequest) String() string {
 func (*SetTimeRequest) ProtoMessage() {}
 
 func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[4]
+	mi := &file_agent_v1_system_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +560,7 @@ func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeRequest.ProtoReflect.Descriptor instead.
 func (*SetTimeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{4}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SetTimeRequest) GetTime() *timestamppb.Timestamp {
@@ -318,11 +580,36 @@ const file_agent_v1_system_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0ekernel_release\x18\x02 \x01(\tR\rkernelRelease\x12\x10\n" +
 	"\x03pid\x18\x03 \x01(\rR\x03pid\x12\x12\n" +
-	"\x04init\x18\x04 \x01(\bR\x04init\"\x86\x01\n" +
+	"\x04init\x18\x04 \x01(\bR\x04init\"\xb4\x02\n" +
 	"\fSetupRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12*\n" +
-	"\x06shares\x18\x03 \x03(\v2\x12.vz.agent.v1.ShareR\x06shares\"e\n" +
+	"\x06shares\x18\x03 \x03(\v2\x12.vz.agent.v1.ShareR\x06shares\x12.\n" +
+	"\anetwork\x18\x04 \x01(\v2\x14.vz.agent.v1.NetworkR\anetwork\x12@\n" +
+	"\asysctls\x18\x05 \x03(\v2&.vz.agent.v1.SetupRequest.SysctlsEntryR\asysctls\x1a:\n" +
+	"\fSysctlsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x01\n" +
+	"\aNetwork\x126\n" +
+	"\n" +
+	"interfaces\x18\x01 \x03(\v2\x16.vz.agent.v1.InterfaceR\n" +
+	"interfaces\x12*\n" +
+	"\x06routes\x18\x02 \x03(\v2\x12.vz.agent.v1.RouteR\x06routes\x12 \n" +
+	"\vnameservers\x18\x03 \x03(\tR\vnameservers\x12\x16\n" +
+	"\x06search\x18\x04 \x03(\tR\x06search\x12#\n" +
+	"\ripv6_disabled\x18\x05 \x01(\bR\fipv6Disabled\"a\n" +
+	"\tInterface\x12\x10\n" +
+	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x1c\n" +
+	"\taddresses\x18\x04 \x03(\tR\taddresses\"\xa7\x01\n" +
+	"\x05Route\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1c\n" +
+	"\tinterface\x18\x03 \x01(\tR\tinterface\x12\x14\n" +
+	"\x05scope\x18\x04 \x01(\rR\x05scope\x12\x16\n" +
+	"\x06metric\x18\x05 \x01(\rR\x06metric\x12\x16\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\"e\n" +
 	"\x05Share\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x16\n" +
 	"\x06fstype\x18\x02 \x01(\tR\x06fstype\x12\x1a\n" +
@@ -347,31 +634,39 @@ func file_agent_v1_system_proto_rawDescGZIP() []byte {
 	return file_agent_v1_system_proto_rawDescData
 }
 
-var file_agent_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_agent_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_agent_v1_system_proto_goTypes = []any{
 	(*InfoRequest)(nil),           // 0: vz.agent.v1.InfoRequest
 	(*InfoResponse)(nil),          // 1: vz.agent.v1.InfoResponse
 	(*SetupRequest)(nil),          // 2: vz.agent.v1.SetupRequest
-	(*Share)(nil),                 // 3: vz.agent.v1.Share
-	(*SetTimeRequest)(nil),        // 4: vz.agent.v1.SetTimeRequest
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 6: google.protobuf.Empty
+	(*Network)(nil),               // 3: vz.agent.v1.Network
+	(*Interface)(nil),             // 4: vz.agent.v1.Interface
+	(*Route)(nil),                 // 5: vz.agent.v1.Route
+	(*Share)(nil),                 // 6: vz.agent.v1.Share
+	(*SetTimeRequest)(nil),        // 7: vz.agent.v1.SetTimeRequest
+	nil,                           // 8: vz.agent.v1.SetupRequest.SysctlsEntry
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 10: google.protobuf.Empty
 }
 var file_agent_v1_system_proto_depIdxs = []int32{
-	5, // 0: vz.agent.v1.SetupRequest.time:type_name -> google.protobuf.Timestamp
-	3, // 1: vz.agent.v1.SetupRequest.shares:type_name -> vz.agent.v1.Share
-	5, // 2: vz.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	0, // 3: vz.agent.v1.System.Info:input_type -> vz.agent.v1.InfoRequest
-	2, // 4: vz.agent.v1.System.Setup:input_type -> vz.agent.v1.SetupRequest
-	4, // 5: vz.agent.v1.System.SetTime:input_type -> vz.agent.v1.SetTimeRequest
-	1, // 6: vz.agent.v1.System.Info:output_type -> vz.agent.v1.InfoResponse
-	6, // 7: vz.agent.v1.System.Setup:output_type -> google.protobuf.Empty
-	6, // 8: vz.agent.v1.System.SetTime:output_type -> google.protobuf.Empty
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	9,  // 0: vz.agent.v1.SetupRequest.time:type_name -> google.protobuf.Timestamp
+	6,  // 1: vz.agent.v1.SetupRequest.shares:type_name -> vz.agent.v1.Share
+	3,  // 2: vz.agent.v1.SetupRequest.network:type_name -> vz.agent.v1.Network
+	8,  // 3: vz.agent.v1.SetupRequest.sysctls:type_name -> vz.agent.v1.SetupRequest.SysctlsEntry
+	4,  // 4: vz.agent.v1.Network.interfaces:type_name -> vz.agent.v1.Interface
+	5,  // 5: vz.agent.v1.Network.routes:type_name -> vz.agent.v1.Route
+	9,  // 6: vz.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 7: vz.agent.v1.System.Info:input_type -> vz.agent.v1.InfoRequest
+	2,  // 8: vz.agent.v1.System.Setup:input_type -> vz.agent.v1.SetupRequest
+	7,  // 9: vz.agent.v1.System.SetTime:input_type -> vz.agent.v1.SetTimeRequest
+	1,  // 10: vz.agent.v1.System.Info:output_type -> vz.agent.v1.InfoResponse
+	10, // 11: vz.agent.v1.System.Setup:output_type -> google.protobuf.Empty
+	10, // 12: vz.agent.v1.System.SetTime:output_type -> google.protobuf.Empty
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_system_proto_init() }
@@ -385,7 +680,7 @@ func file_agent_v1_system_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_system_proto_rawDesc), len(file_agent_v1_system_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
