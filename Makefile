@@ -17,6 +17,7 @@
 #                (needs root)
 #   bench        benchmarks: numbers side by side, no assertions (needs root)
 #   clean        remove _output/
+#   nerdctl      nerdctl v2.2.1 from ../shared/third_party into _output/nerdctl/bin/
 #   cni          the CNI plugins of the default network into _output/cni/bin/
 #   containerd   containerd 2.4.x's containerd, ctr and containerd-shim-runc-v2 (the versions in
 #                go.mod) into _output/containerd/bin/, for the integration tests
@@ -101,6 +102,7 @@ test:
 	@$(MAKE) --no-print-directory agent-arm64
 	@$(MAKE) --no-print-directory containerd
 	@$(MAKE) --no-print-directory cni
+	@$(MAKE) --no-print-directory nerdctl
 	@$(MAKE) --no-print-directory guest ARCH=$(HOSTARCH)
 	@$(MAKE) --no-print-directory guest ARCH=arm64
 	@hack/test.sh
@@ -155,10 +157,16 @@ $(CNI_BINS) &: go.mod go.sum
 	CGO_ENABLED=0 $(GO) build -o $(CNI_BIN)/ $(CNI_PKGS)
 	@touch $(CNI_BINS)
 
+# nerdctl v2.2.1 from ../shared/third_party (hack/nerdctl.sh) into _output/nerdctl/bin/, for the
+# integration tests of nerdctl with this shim.
+.PHONY: nerdctl
+nerdctl:
+	@hack/nerdctl.sh
+
 # The integration tests alone, with the summary of hack/test.sh:
 #   make integration TESTFLAGS='-run TestRunEcho/runc'
 .PHONY: integration
-integration: containerd cni
+integration: containerd cni nerdctl
 	@PKGS=./integration/ hack/test.sh
 
 # The guest kernel and initramfs (DESIGN.md §5, §7; hack/guest.sh):

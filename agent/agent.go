@@ -45,6 +45,7 @@ type Agent struct {
 	events  *eventQueue
 	streams *streams
 	tasks   *taskService
+	ports   *portWatch
 }
 
 // New makes an agent. The caller owns the process-wide reaper: it must set
@@ -63,6 +64,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		cfg:     cfg,
 		events:  q,
 		streams: ss,
+		ports:   newPortWatch("/proc/net", q),
 		tasks: &taskService{
 			runcBinary: cfg.Runc,
 			runcRoot:   filepath.Join(cfg.StateDir, "runc"),
@@ -94,20 +96,27 @@ func (a *Agent) Serve(ctx context.Context, lf transport.ListenerFactory) error {
 		control.Close()
 		return fmt.Errorf("listening on stdio port: %w", err)
 	}
+	forwardL, err := lf.Listen(agentapi.PortForward)
+	if err != nil {
+		control.Close()
+		stdioL.Close()
+		return fmt.Errorf("listening on forward port: %w", err)
+	}
 	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(errorInterceptor))
 	if err != nil {
 		control.Close()
 		stdioL.Close()
+		forwardL.Close()
 		return err
 	}
 	taskAPI.RegisterTTRPCTaskService(srv, a.tasks)
-	agentapi.RegisterSystemService(srv, &systemService{init: a.cfg.Init})
+	agentapi.RegisterSystemService(srv, &systemService{init: a.cfg.Init, ports: a.ports, ctx: ctx})
 	agentapi.RegisterBundleService(srv, &bundleService{dir: filepath.Join(a.cfg.StateDir, "bundles"), tasks: a.tasks})
 	agentapi.RegisterEventsService(srv, &eventService{q: a.events})
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	wg.Add(2)
+	errc := make(chan error, 3)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		if err := srv.Serve(ctx, control); err != nil && !errors.Is(err, ttrpc.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
@@ -120,6 +129,12 @@ func (a *Agent) Serve(ctx context.Context, lf transport.ListenerFactory) error {
 			errc <- err
 		}
 	}()
+	go func() {
+		defer wg.Done()
+		if err := a.ports.serveForward(ctx, forwardL); err != nil {
+			errc <- err
+		}
+	}()
 	log.G(ctx).Info("agent serving")
 	select {
 	case <-ctx.Done():
@@ -127,6 +142,7 @@ func (a *Agent) Serve(ctx context.Context, lf transport.ListenerFactory) error {
 	}
 	srv.Close()
 	stdioL.Close()
+	forwardL.Close()
 	wg.Wait()
 	a.streams.closeAll()
 	return err

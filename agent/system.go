@@ -17,7 +17,10 @@ import (
 // systemService configures the guest. Outside a VM (host mode) it refuses
 // to touch the machine: the hostname and clock belong to the host.
 type systemService struct {
-	init bool
+	init  bool
+	ports *portWatch
+	// ctx is the agent's: what Setup starts lives as long as the agent.
+	ctx context.Context
 }
 
 var _ agentapi.SystemService = (*systemService)(nil)
@@ -59,6 +62,9 @@ func (s *systemService) Setup(ctx context.Context, r *agentapi.SetupRequest) (*e
 	}
 	if err := SetSysctls(r.Sysctls); err != nil {
 		return nil, err
+	}
+	if r.ForwardPorts {
+		s.ports.start(s.ctx)
 	}
 	// Shares before any container: their bind mounts come from SharesDir.
 	if err := mountShares(SharesDir, r.Shares); err != nil {

@@ -48,6 +48,9 @@ type binaries struct {
 	debugfs       string
 	example       string // config.toml.example, whose vz parts the test containerd runs with
 
+	cniDir  string // _output/cni/bin
+	nerdctl string // _output/nerdctl/bin/nerdctl, "" when not built
+
 	// path is the PATH containerd runs with: our shim, the runc shim, runc.
 	path string
 }
@@ -184,7 +187,11 @@ func discover(bin *binaries) (skipAll, skipVZ string) {
 		}
 	}
 	// The default network: the shim finds the plugins in _output/cni/bin; they need iptables.
-	if !isExecutable(filepath.Join(root, "_output", "cni", "bin", "bridge")) {
+	bin.cniDir = filepath.Join(root, "_output", "cni", "bin")
+	if p := filepath.Join(root, "_output", "nerdctl", "bin", "nerdctl"); isExecutable(p) {
+		bin.nerdctl = p
+	}
+	if !isExecutable(filepath.Join(bin.cniDir, "bridge")) {
 		missing = append(missing, "the CNI plugins (make cni)")
 	}
 	if _, err := lookPath("iptables", bin.path); err != nil {

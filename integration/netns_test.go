@@ -56,6 +56,7 @@ func loopbackUp() error {
 const (
 	vzNetState   = "/run/containerd-vz/net"
 	hostLocalDir = "/var/lib/cni/networks/vz"
+	cniNetworks  = "/var/lib/cni/networks"
 )
 
 // netFiles lists what the tasks' networks leave on the host while they exist: the shim's network
@@ -70,10 +71,15 @@ func netFiles() []string {
 			}
 		}
 	}
-	ents, _ := os.ReadDir(hostLocalDir)
-	for _, e := range ents {
-		if n := e.Name(); n != "lock" && !strings.HasPrefix(n, "last_reserved_ip") {
-			files = append(files, filepath.Join(hostLocalDir, n))
+	// host-local's allocations of every network (the shim's, nerdctl's).
+	nets, _ := os.ReadDir(cniNetworks)
+	for _, n := range nets {
+		dir := filepath.Join(cniNetworks, n.Name())
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if n := e.Name(); n != "lock" && !strings.HasPrefix(n, "last_reserved_ip") {
+				files = append(files, filepath.Join(dir, n))
+			}
 		}
 	}
 	return files

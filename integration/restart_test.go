@@ -25,7 +25,8 @@ func (d *daemon) startAgain() error {
 	default: // the first start
 	}
 	d.cmd = exec.Command(d.bin.containerd, "--config", d.config)
-	d.cmd.Env = append(os.Environ(), "PATH="+d.bin.path)
+	// The vz runtime's options for clients that pass none (nerdctl): the system-wide file.
+	d.cmd.Env = append(os.Environ(), "PATH="+d.bin.path, "CONTAINERD_VZ_CONFIG="+d.vzConfig)
 	d.cmd.Stdout = d.logf
 	d.cmd.Stderr = d.logf
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}

@@ -38,10 +38,15 @@ type Options struct {
 	// CNINetwork names the network (default "vz", built in unless the
 	// directory defines it), CNIBinDir is where the plugins are (default
 	// /opt/cni/bin, else the plugins installed next to the shim).
-	CNIConfDir   string `toml:"cni_conf_dir"`
-	CNIBinDir    string `toml:"cni_bin_dir"`
-	CNINetwork   string `toml:"cni_network"`
-	DebugConsole bool   `toml:"debug_console"`
+	CNIConfDir string `toml:"cni_conf_dir"`
+	CNIBinDir  string `toml:"cni_bin_dir"`
+	CNINetwork string `toml:"cni_network"`
+	// ForwardPorts makes the container's listening TCP and UDP ports
+	// reachable at the same port on the host's 127.0.0.1, through the
+	// shim (default: off on Linux, where the VM has an address of its
+	// own; on on macOS, where developers expect localhost).
+	ForwardPorts *bool `toml:"forward_ports"`
+	DebugConsole bool  `toml:"debug_console"`
 	// BootTimeout bounds the wait for the agent, in seconds (default 120).
 	BootTimeout int `toml:"boot_timeout"`
 	// DiskCaching and DiskSync are VZ's disk image caching mode
@@ -162,6 +167,28 @@ func parseOptions(body []byte, o *Options) error {
 		}
 		return fmt.Errorf("runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
+	return o.parseNetwork()
+}
+
+// parseNetwork turns the "network" key into Network. The key stays set in
+// NetworkSetting, so a file decoded later without it keeps this one's.
+func (o *Options) parseNetwork() error {
+	switch v := o.NetworkSetting.(type) {
+	case nil:
+		return nil
+	case bool:
+		o.Network = networkNone
+		if v {
+			o.Network = networkUser
+		}
+	case string:
+		o.Network = v
+	default:
+		return fmt.Errorf("network %v: want one of %v: %w", v, networkModes, errdefs.ErrInvalidArgument)
+	}
+	if !slices.Contains(networkModes, o.Network) {
+		return fmt.Errorf("network %q: want one of %v: %w", o.Network, networkModes, errdefs.ErrInvalidArgument)
+	}
 	return nil
 }
 
@@ -190,22 +217,14 @@ func (o *Options) setDefaults() error {
 	if o.MemoryMiB <= 0 {
 		o.MemoryMiB = 512
 	}
-	switch v := o.NetworkSetting.(type) {
-	case nil:
+	if o.Network == "" {
 		o.Network = defaultNetwork
-	case bool:
-		o.Network = networkNone
-		if v {
-			o.Network = networkUser
-		}
-	case string:
-		o.Network = v
-	default:
-		return fmt.Errorf("network %v: want \"cni\", \"user\" or \"none\": %w", v, errdefs.ErrInvalidArgument)
 	}
-	if !slices.Contains(networkModes, o.Network) {
-		return fmt.Errorf("network %q: want one of %v: %w", o.Network, networkModes, errdefs.ErrInvalidArgument)
+	if o.ForwardPorts == nil {
+		v := defaultForwardPorts
+		o.ForwardPorts = &v
 	}
+
 	if o.BootTimeout <= 0 {
 		// Generous: under TCG on a busy host a boot has taken over a
 		// minute; a VM that does come up is worth the wait.

@@ -11,3 +11,6 @@ const defaultNetwork = networkUser
 
 // No network namespaces or CNI on macOS.
 var networkModes = []string{networkUser, networkNone}
+
+// defaultForwardPorts: forward_ports when the options do not say.
+const defaultForwardPorts = true

@@ -12,3 +12,6 @@ var networkModes = []string{networkCNI, networkUser, networkNone}
 // guess fails every task. accel = "kvm" in the runtime options or the
 // system-wide file turns it on.
 func defaultAccel(arch string) string { return "tcg" }
+
+// defaultForwardPorts: forward_ports when the options do not say.
+const defaultForwardPorts = false

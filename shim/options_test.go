@@ -3,6 +3,7 @@ package shim
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
@@ -57,5 +58,39 @@ func TestDefaultGuestDirMissing(t *testing.T) {
 	// The test binary has no guest next to it: the error says what to do.
 	if _, err := defaultGuestDir("arm64"); !errdefs.IsNotFound(err) {
 		t.Errorf("got %v, want not found", err)
+	}
+}
+
+// The system-wide file gives every key a client does not pass; the task's options override it
+// key by key.
+func TestSystemOptions(t *testing.T) {
+	dir := t.TempDir()
+	sys := filepath.Join(dir, "runtime.toml")
+	os.WriteFile(sys, []byte("kernel = \"/sys-k\"\ninitrd = \"/sys-i\"\ncpus = 4\nnetwork = \"user\"\naccel = \"kvm\"\n"), 0o644)
+	t.Setenv(SystemConfigEnv, sys)
+
+	o, err := loadOptions(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Kernel != "/sys-k" || o.CPUs != 4 || o.Network != networkUser || o.Accel != "kvm" {
+		t.Errorf("from the system file: %+v", o)
+	}
+	a, _ := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte("cpus = 1\nnetwork = \"none\"\n")})
+	if o, err = loadOptions(t.TempDir(), a); err != nil {
+		t.Fatal(err)
+	}
+	if o.Kernel != "/sys-k" || o.CPUs != 1 || o.Network != networkNone {
+		t.Errorf("task options over the system file: %+v", o)
+	}
+
+	os.WriteFile(sys, []byte("network = \"bridge\"\n"), 0o644)
+	if _, err := loadOptions(t.TempDir(), nil); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), sys) {
+		t.Errorf("bad system file: %v, want invalid argument naming %s", err, sys)
+	}
+	t.Setenv(SystemConfigEnv, filepath.Join(dir, "missing.toml"))
+	a, _ = typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte("kernel = \"/k\"\ninitrd = \"/i\"\n")})
+	if o, err = loadOptions(t.TempDir(), a); err != nil || o.Accel != "tcg" || o.Network != defaultNetwork {
+		t.Errorf("no system file: %v %+v (accel defaults to tcg)", err, o)
 	}
 }

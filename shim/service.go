@@ -86,6 +86,7 @@ type vmTask struct {
 	keepConsole           bool
 	hostRootfs            string // the snapshot the shim mounted on the host
 	net                   *taskNet
+	forwarder             *portForwarder // nil without forward_ports
 	hooks                 hostHooks
 	spec                  *specs.Spec
 
@@ -102,7 +103,8 @@ type hostProcess struct {
 	io                    *hostIO
 
 	mu       sync.Mutex
-	pid      uint32
+	pid      uint32 // what containerd sees (vmTask.hostPid)
+	guestPid uint32
 	exited   chan struct{}
 	status   uint32
 	exitedAt time.Time
@@ -126,6 +128,13 @@ func (p *hostProcess) result() (uint32, time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.status, p.exitedAt
+}
+
+// pids is the process's pid as containerd knows it and in the guest.
+func (p *hostProcess) pids() (host, guest uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pid, p.guestPid
 }
 
 func (p *hostProcess) hasExited() bool {
@@ -340,11 +349,15 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 
 	sys := agentapi.NewSystemClient(t.client)
 	setup := &agentapi.SetupRequest{
-		Hostname: spec.Hostname,
-		Time:     protobuf.ToTimestamp(time.Now()),
-		Shares:   setupShares,
-		Network:  tnet.guest(),
-		Sysctls:  hs.sysctls,
+		Hostname:     spec.Hostname,
+		Time:         protobuf.ToTimestamp(time.Now()),
+		Shares:       setupShares,
+		Network:      tnet.guest(),
+		Sysctls:      hs.sysctls,
+		ForwardPorts: *opts.ForwardPorts,
+	}
+	if setup.ForwardPorts {
+		t.forwarder = newPortForwarder(m)
 	}
 	if _, err := sys.Setup(ctx, setup); err != nil {
 		return nil, fmt.Errorf("setting up the guest: %w", errgrpc.ToNative(err))
@@ -377,8 +390,22 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("creating the container in the guest: %w", t.agentErr(err))
 	}
-	p.pid = resp.Pid
+	p.guestPid, p.pid = resp.Pid, t.hostPid("", resp.Pid)
 	return t, nil
+}
+
+// hostPid is the pid containerd knows a process by. The task's own (init)
+// is the VMM's, a host process in the VM's network namespace, as Kata
+// does: containerd's clients look at /proc/<task pid> (nerdctl inspect
+// reads the task's network there, CRI its namespaces). Execs keep their
+// guest pids. A VMM in the shim's own process (VZ) leaves guest pids.
+func (t *vmTask) hostPid(execID string, guestPid uint32) uint32 {
+	if execID == "" {
+		if vp := t.machine.Pid(); vp > 0 {
+			return uint32(vp)
+		}
+	}
+	return guestPid
 }
 
 // hostSpec is what of the container's spec the host acts on itself.
@@ -532,6 +559,12 @@ func (s *service) forwardEvents(t *vmTask) {
 			continue
 		}
 		switch e := v.(type) {
+		case *agentapi.PortEvent:
+			// The shim's own business, not containerd's.
+			if t.forwarder != nil {
+				t.forwarder.handle(ctx, e)
+			}
+			continue
 		case *eventstypes.TaskCreate, *eventstypes.TaskDelete:
 			// The shim publishes these with the host's bundle, mounts and
 			// stdio, and only once the VM side is done.
@@ -546,7 +579,10 @@ func (s *service) forwardEvents(t *vmTask) {
 				p.io.wait(dctx)
 				cancel()
 				p.exit(e.ExitStatus, protobuf.FromTimestamp(e.ExitedAt))
+				e.Pid, _ = p.pids()
 			}
+		case *eventstypes.TaskStart:
+			e.Pid = t.hostPid("", e.Pid)
 		}
 		s.publish(ctx, env.Topic, v)
 	}
@@ -675,6 +711,9 @@ func (t *vmTask) stop(ctx context.Context) {
 			p.io.close()
 		}
 	}
+	if t.forwarder != nil {
+		t.forwarder.close()
+	}
 	// After the VM: hooks that undo what createRuntime hooks made
 	// (nerdctl's CNI teardown), then the network the VM used.
 	if err := runHooks(ctx, "poststop", t.hooks.poststop, t.hookState(specs.StateStopped)); err != nil {
@@ -715,7 +754,8 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, errgrpc.ToGRPC(t.agentErr(err))
 	}
 	p.mu.Lock()
-	p.pid = resp.Pid
+	p.guestPid, p.pid = resp.Pid, t.hostPid(r.ExecID, resp.Pid)
+	resp.Pid = p.pid
 	p.mu.Unlock()
 	if r.ExecID == "" {
 		// As the runtime spec says: a failed poststart hook is a warning.
@@ -774,7 +814,10 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 			resp.ID = r.ExecID
 		}
 	}
-	// The host's view of the paths.
+	// The host's view of the pid and the paths.
+	if host, _ := p.pids(); host != 0 {
+		resp.Pid = host
+	}
 	resp.Bundle = t.bundle
 	resp.Stdin, resp.Stdout, resp.Stderr, resp.Terminal = p.stdin, p.stdout, p.stderr, p.terminal
 	return resp, nil
@@ -873,8 +916,22 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 }
 
+// Pids lists the guest's processes of the task, the init process under the
+// pid containerd knows it by (hostPid).
 func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
-	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*taskAPI.PidsResponse, error) { return a.Pids(ctx, r) })
+	resp, err := forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*taskAPI.PidsResponse, error) { return a.Pids(ctx, r) })
+	if err != nil {
+		return nil, err
+	}
+	if _, p, err := s.taskProcess(r.ID, ""); err == nil {
+		host, guest := p.pids()
+		for _, pi := range resp.Processes {
+			if pi.Pid == guest {
+				pi.Pid = host
+			}
+		}
+	}
+	return resp, nil
 }
 
 func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {

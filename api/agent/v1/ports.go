@@ -7,4 +7,12 @@ const (
 	PortControl uint32 = 1024
 	// PortStdio carries one connection per stdio stream (see StreamHeader).
 	PortStdio uint32 = 1025
+	// PortForward carries one connection per forwarded TCP connection or
+	// UDP peer: a header line "tcp PORT\n" or "udp PORT\n", then the
+	// bytes (TCP) or datagrams each behind a 2-byte big-endian length (UDP).
+	PortForward uint32 = 1026
 )
+
+// PortEventTopic is the event topic of PortEvent on the agent's event
+// stream; the shim acts on it and does not pass it on to containerd.
+const PortEventTopic = "/vz/ports"

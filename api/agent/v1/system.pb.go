@@ -143,7 +143,11 @@ type SetupRequest struct {
 	// the VM: the VM is the container's network sandbox, so the shim takes
 	// them out of the container's spec (runc refuses them for a container
 	// without a network namespace of its own).
-	Sysctls       map[string]string `protobuf:"bytes,5,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Sysctls map[string]string `protobuf:"bytes,5,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// forward_ports: the agent publishes a PortEvent (topic PortEventTopic)
+	// whenever a TCP or UDP socket starts or stops listening in the VM, and
+	// serves PortForward streams to them.
+	ForwardPorts  bool `protobuf:"varint,6,opt,name=forward_ports,json=forwardPorts,proto3" json:"forward_ports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -213,6 +217,76 @@ func (x *SetupRequest) GetSysctls() map[string]string {
 	return nil
 }
 
+func (x *SetupRequest) GetForwardPorts() bool {
+	if x != nil {
+		return x.ForwardPorts
+	}
+	return false
+}
+
+// PortEvent says that a socket listens, or no longer does, on port of the
+// VM's network (the container's).
+type PortEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// protocol is "tcp" or "udp".
+	Protocol      string `protobuf:"bytes,1,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Port          uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	Listening     bool   `protobuf:"varint,3,opt,name=listening,proto3" json:"listening,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortEvent) Reset() {
+	*x = PortEvent{}
+	mi := &file_agent_v1_system_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortEvent) ProtoMessage() {}
+
+func (x *PortEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_system_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortEvent.ProtoReflect.Descriptor instead.
+func (*PortEvent) Descriptor() ([]byte, []int) {
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PortEvent) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *PortEvent) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *PortEvent) GetListening() bool {
+	if x != nil {
+		return x.Listening
+	}
+	return false
+}
+
 // Network is the static network configuration of the guest.
 type Network struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -229,7 +303,7 @@ type Network struct {
 
 func (x *Network) Reset() {
 	*x = Network{}
-	mi := &file_agent_v1_system_proto_msgTypes[3]
+	mi := &file_agent_v1_system_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -241,7 +315,7 @@ func (x *Network) String() string {
 func (*Network) ProtoMessage() {}
 
 func (x *Network) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[3]
+	mi := &file_agent_v1_system_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -254,7 +328,7 @@ func (x *Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Network.ProtoReflect.Descriptor instead.
 func (*Network) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{3}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Network) GetInterfaces() []*Interface {
@@ -309,7 +383,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_v1_system_proto_msgTypes[4]
+	mi := &file_agent_v1_system_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -321,7 +395,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[4]
+	mi := &file_agent_v1_system_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -334,7 +408,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{4}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Interface) GetMac() string {
@@ -383,7 +457,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_v1_system_proto_msgTypes[5]
+	mi := &file_agent_v1_system_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -395,7 +469,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[5]
+	mi := &file_agent_v1_system_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -408,7 +482,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{5}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Route) GetDestination() string {
@@ -470,7 +544,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_agent_v1_system_proto_msgTypes[6]
+	mi := &file_agent_v1_system_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +556,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[6]
+	mi := &file_agent_v1_system_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +569,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Share) GetTag() string {
@@ -535,7 +609,7 @@ type SetTimeRequest struct {
 
 func (x *SetTimeRequest) Reset() {
 	*x = SetTimeRequest{}
-	mi := &file_agent_v1_system_proto_msgTypes[7]
+	mi := &file_agent_v1_system_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +621,7 @@ func (x *SetTimeRequest) String() string {
 func (*SetTimeRequest) ProtoMessage() {}
 
 func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[7]
+	mi := &file_agent_v1_system_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +634,7 @@ func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeRequest.ProtoReflect.Descriptor instead.
 func (*SetTimeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetTimeRequest) GetTime() *timestamppb.Timestamp {
@@ -580,16 +654,21 @@ const file_agent_v1_system_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0ekernel_release\x18\x02 \x01(\tR\rkernelRelease\x12\x10\n" +
 	"\x03pid\x18\x03 \x01(\rR\x03pid\x12\x12\n" +
-	"\x04init\x18\x04 \x01(\bR\x04init\"\xb4\x02\n" +
+	"\x04init\x18\x04 \x01(\bR\x04init\"\xd9\x02\n" +
 	"\fSetupRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12*\n" +
 	"\x06shares\x18\x03 \x03(\v2\x12.vz.agent.v1.ShareR\x06shares\x12.\n" +
 	"\anetwork\x18\x04 \x01(\v2\x14.vz.agent.v1.NetworkR\anetwork\x12@\n" +
-	"\asysctls\x18\x05 \x03(\v2&.vz.agent.v1.SetupRequest.SysctlsEntryR\asysctls\x1a:\n" +
+	"\asysctls\x18\x05 \x03(\v2&.vz.agent.v1.SetupRequest.SysctlsEntryR\asysctls\x12#\n" +
+	"\rforward_ports\x18\x06 \x01(\bR\fforwardPorts\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Y\n" +
+	"\tPortEvent\x12\x1a\n" +
+	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1c\n" +
+	"\tlistening\x18\x03 \x01(\bR\tlistening\"\xcc\x01\n" +
 	"\aNetwork\x126\n" +
 	"\n" +
 	"interfaces\x18\x01 \x03(\v2\x16.vz.agent.v1.InterfaceR\n" +
@@ -634,34 +713,35 @@ func file_agent_v1_system_proto_rawDescGZIP() []byte {
 	return file_agent_v1_system_proto_rawDescData
 }
 
-var file_agent_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_agent_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_agent_v1_system_proto_goTypes = []any{
 	(*InfoRequest)(nil),           // 0: vz.agent.v1.InfoRequest
 	(*InfoResponse)(nil),          // 1: vz.agent.v1.InfoResponse
 	(*SetupRequest)(nil),          // 2: vz.agent.v1.SetupRequest
-	(*Network)(nil),               // 3: vz.agent.v1.Network
-	(*Interface)(nil),             // 4: vz.agent.v1.Interface
-	(*Route)(nil),                 // 5: vz.agent.v1.Route
-	(*Share)(nil),                 // 6: vz.agent.v1.Share
-	(*SetTimeRequest)(nil),        // 7: vz.agent.v1.SetTimeRequest
-	nil,                           // 8: vz.agent.v1.SetupRequest.SysctlsEntry
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 10: google.protobuf.Empty
+	(*PortEvent)(nil),             // 3: vz.agent.v1.PortEvent
+	(*Network)(nil),               // 4: vz.agent.v1.Network
+	(*Interface)(nil),             // 5: vz.agent.v1.Interface
+	(*Route)(nil),                 // 6: vz.agent.v1.Route
+	(*Share)(nil),                 // 7: vz.agent.v1.Share
+	(*SetTimeRequest)(nil),        // 8: vz.agent.v1.SetTimeRequest
+	nil,                           // 9: vz.agent.v1.SetupRequest.SysctlsEntry
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 11: google.protobuf.Empty
 }
 var file_agent_v1_system_proto_depIdxs = []int32{
-	9,  // 0: vz.agent.v1.SetupRequest.time:type_name -> google.protobuf.Timestamp
-	6,  // 1: vz.agent.v1.SetupRequest.shares:type_name -> vz.agent.v1.Share
-	3,  // 2: vz.agent.v1.SetupRequest.network:type_name -> vz.agent.v1.Network
-	8,  // 3: vz.agent.v1.SetupRequest.sysctls:type_name -> vz.agent.v1.SetupRequest.SysctlsEntry
-	4,  // 4: vz.agent.v1.Network.interfaces:type_name -> vz.agent.v1.Interface
-	5,  // 5: vz.agent.v1.Network.routes:type_name -> vz.agent.v1.Route
-	9,  // 6: vz.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	10, // 0: vz.agent.v1.SetupRequest.time:type_name -> google.protobuf.Timestamp
+	7,  // 1: vz.agent.v1.SetupRequest.shares:type_name -> vz.agent.v1.Share
+	4,  // 2: vz.agent.v1.SetupRequest.network:type_name -> vz.agent.v1.Network
+	9,  // 3: vz.agent.v1.SetupRequest.sysctls:type_name -> vz.agent.v1.SetupRequest.SysctlsEntry
+	5,  // 4: vz.agent.v1.Network.interfaces:type_name -> vz.agent.v1.Interface
+	6,  // 5: vz.agent.v1.Network.routes:type_name -> vz.agent.v1.Route
+	10, // 6: vz.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
 	0,  // 7: vz.agent.v1.System.Info:input_type -> vz.agent.v1.InfoRequest
 	2,  // 8: vz.agent.v1.System.Setup:input_type -> vz.agent.v1.SetupRequest
-	7,  // 9: vz.agent.v1.System.SetTime:input_type -> vz.agent.v1.SetTimeRequest
+	8,  // 9: vz.agent.v1.System.SetTime:input_type -> vz.agent.v1.SetTimeRequest
 	1,  // 10: vz.agent.v1.System.Info:output_type -> vz.agent.v1.InfoResponse
-	10, // 11: vz.agent.v1.System.Setup:output_type -> google.protobuf.Empty
-	10, // 12: vz.agent.v1.System.SetTime:output_type -> google.protobuf.Empty
+	11, // 11: vz.agent.v1.System.Setup:output_type -> google.protobuf.Empty
+	11, // 12: vz.agent.v1.System.SetTime:output_type -> google.protobuf.Empty
 	10, // [10:13] is the sub-list for method output_type
 	7,  // [7:10] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
@@ -680,7 +760,7 @@ func file_agent_v1_system_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_system_proto_rawDesc), len(file_agent_v1_system_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
