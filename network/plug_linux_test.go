@@ -51,7 +51,9 @@ func testNS(t *testing.T) (string, *netlink.Handle) {
 	for _, step := range []func() error{
 		func() error { return h.AddrAdd(eth0, addr) },
 		func() error { return h.LinkSetUp(eth0) },
-		func() error { return h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.ParseIP("10.97.0.1")}) },
+		func() error {
+			return h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.ParseIP("10.97.0.1")})
+		},
 	} {
 		if err := step(); err != nil {
 			t.Fatal(err)
