@@ -81,6 +81,7 @@ initrd = `+q(g.initrd)+`
 	}
 	start := time.Now()
 	if problems := h.d.checkLeaks(&h.base, leakTimeout); len(problems) > 0 {
+		h.d.reap()
 		t.Fatalf("leaked after the arm64 task was deleted (waited %s):\n  %s", leakTimeout, strings.Join(problems, "\n  "))
 	}
 	t.Logf("arm64 guest, kernel %s: ctr run --rm took %s, clean %s later",

@@ -221,11 +221,16 @@ func (d *daemon) checkLeaks(base *baseline, timeout time.Duration) []string {
 	}
 }
 
-// reap kills leaked processes (ours only, see ownedProcs) and detaches leaked mounts so that one
-// test's leak does not fail the tests after it.
+// reap kills leaked processes (ours only, see ownedProcs), removes leaked FIFOs and detaches
+// leaked mounts so that one test's leak does not fail the tests after it.
 func (d *daemon) reap() {
 	for _, p := range d.ownedProcs() {
 		_ = syscall.Kill(p.pid, syscall.SIGKILL)
+	}
+	// ctr's FIFO directories of a ctr that was killed (a timeout): ctr removes its own.
+	fifos, _ := os.ReadDir(d.fifoDir)
+	for _, f := range fifos {
+		os.RemoveAll(filepath.Join(d.fifoDir, f.Name()))
 	}
 	mounts, _ := mountsUnder(d.dir)
 	// Deepest first.

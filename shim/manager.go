@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -181,7 +182,8 @@ func removeDeadSocket(ctx context.Context, bundle string) {
 	if json.Unmarshal(b, &res) != nil || res.Address == "" || shim.CanConnect(res.Address) {
 		return
 	}
-	if err := shim.RemoveSocket(res.Address); err != nil {
+	// A shim that exited by itself removed it already.
+	if err := shim.RemoveSocket(res.Address); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).Warn("removing a dead shim's socket")
 	}
 }
