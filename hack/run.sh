@@ -15,15 +15,16 @@ if [ "$(id -u)" != 0 ]; then
   echo "make run needs root: it starts containerd, which mounts and runs shims." >&2
   exit 1
 fi
+arch=$(go env GOARCH)
 if [ -z "${VZRUN_NETNS:-}" ]; then
+  # Everything that downloads (apt, the Go module proxy) before the namespace, which has no way out.
+  make --no-print-directory deps >/dev/null
+  make --no-print-directory build containerd cni
+  make --no-print-directory guest ARCH="$arch" >/dev/null
+  go build -o _output/tools/bin/mkimage ./hack/mkimage
   VZRUN_NETNS=1 exec unshare --net -- "$0" "$@"
 fi
 ip link set lo up
-
-arch=$(go env GOARCH)
-make --no-print-directory deps >/dev/null
-make --no-print-directory build containerd cni
-make --no-print-directory guest ARCH="$arch" >/dev/null
 
 top=$PWD
 tmp=$(mktemp -d /tmp/vzrun-XXXXXX)
@@ -83,7 +84,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-go run ./hack/mkimage "$tmp/busybox.tar" localhost/vzrun/busybox:latest
+_output/tools/bin/mkimage "$tmp/busybox.tar" localhost/vzrun/busybox:latest
 ctr images import --snapshotter blockfile --platform "linux/$arch" "$tmp/busybox.tar" >/dev/null
 
 echo "make run: starting a container in its own micro-VM (QEMU, accel=${VZ_ACCEL:-tcg}, network=cni)..."
