@@ -2,8 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -26,16 +24,7 @@ func TestNetworkVZOnly(t *testing.T) {
 	h.vzConfig = h.d.vzUser
 
 	const page = "hello from the host over the VM's NIC"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprint(w, page)
-	}), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	defer srv.Close()
-	port := ln.Addr().(*net.TCPAddr).Port
+	port := listenTCP(t, "127.0.0.1:0", page)
 
 	const hostname = "vz-net-test"
 	id := h.newID("net")

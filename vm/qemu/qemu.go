@@ -172,11 +172,8 @@ func (m *Machine) CID() uint32 { return m.cid }
 func (m *Machine) Start(ctx context.Context) error {
 	m.lifecycle.Lock()
 	defer m.lifecycle.Unlock()
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, startTimeout)
-		defer cancel()
-	}
+	ctx, cancel := withStartTimeout(ctx)
+	defer cancel()
 	m.mu.Lock()
 	launched, running := m.launched, m.running
 	m.running = true
@@ -197,16 +194,21 @@ func (m *Machine) Start(ctx context.Context) error {
 	return nil
 }
 
+// withStartTimeout bounds ctx by startTimeout unless it has a deadline.
+func withStartTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, startTimeout)
+}
+
 // Launch starts QEMU with the guest stopped (vm.Launcher): NICs can be
 // added, and the VMM's pid is known, before the guest runs.
 func (m *Machine) Launch(ctx context.Context) error {
 	m.lifecycle.Lock()
 	defer m.lifecycle.Unlock()
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, startTimeout)
-		defer cancel()
-	}
+	ctx, cancel := withStartTimeout(ctx)
+	defer cancel()
 	return m.launchLocked(ctx)
 }
 
