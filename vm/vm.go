@@ -39,6 +39,9 @@ type Config struct {
 	// NICSlots reserves hot-plug slots for NICs added with
 	// Launcher.AddNIC (QEMU: PCIe root ports).
 	NICSlots int
+	// DiskSlots reserves hot-plug slots for disks added to the running VM
+	// with DiskHotplugger.AddDisk (QEMU: PCIe root ports).
+	DiskSlots int
 	// ConsoleLog receives the guest's console output.
 	ConsoleLog string
 	// StateDir holds the backend's own files (sockets, pid file). It must
@@ -116,4 +119,14 @@ type Launcher interface {
 	Launch(ctx context.Context) error
 	// AddNIC adds a NIC to a launched machine, before Start.
 	AddNIC(ctx context.Context, nic NIC) error
+}
+
+// DiskHotplugger is a Machine that takes disks while it runs: the
+// containers that join a running VM (a pod's) bring their rootfs.
+type DiskHotplugger interface {
+	// AddDisk attaches d in a free disk slot; the guest finds it by d.ID.
+	AddDisk(ctx context.Context, d Disk) error
+	// RemoveDisk detaches the disk id once the guest let it go (it must
+	// not be mounted there) and frees its slot.
+	RemoveDisk(ctx context.Context, id string) error
 }

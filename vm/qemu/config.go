@@ -44,6 +44,7 @@ const (
 	maxDiskID    = 20 // virtio-blk serial
 	maxShareTag  = 31 // the 9p mount tag limit of older QEMUs
 	maxNICSlots  = 8
+	maxDiskSlots = 16
 	agentPort    = "agent"
 	agentPortDev = "agentport" // qdev id: QEMU reports VSERPORT_CHANGE by it
 	vhostVsock   = "/dev/vhost-vsock"
@@ -147,6 +148,9 @@ func validate(cfg vm.Config) (vm.Config, error) {
 	if cfg.NICSlots < 0 || cfg.NICSlots > maxNICSlots {
 		return cfg, invalid("%d NIC slots: want 0 to %d", cfg.NICSlots, maxNICSlots)
 	}
+	if cfg.DiskSlots < 0 || cfg.DiskSlots > maxDiskSlots {
+		return cfg, invalid("%d disk slots: want 0 to %d", cfg.DiskSlots, maxDiskSlots)
+	}
 	if cfg.NetNS != "" {
 		if cfg.NetNS, err = filepath.Abs(cfg.NetNS); err != nil {
 			return cfg, invalid("network namespace: %v", err)
@@ -171,7 +175,7 @@ func MaxDisks(cfg vm.Config) int {
 	if cfg.Arch == "arm64" {
 		free = 31
 	}
-	n := free - 2 - len(cfg.Shares) - cfg.NICSlots // virtio-rng, virtio-serial or vhost-vsock
+	n := free - 2 - len(cfg.Shares) - cfg.NICSlots - cfg.DiskSlots // virtio-rng, virtio-serial or vhost-vsock
 	if cfg.Network {
 		n--
 	}
@@ -324,6 +328,9 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 	for i := 0; i < cfg.NICSlots; i++ {
 		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d", nicSlot(i), i+1))
 	}
+	for i := 0; i < cfg.DiskSlots; i++ {
+		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d", diskSlot(i), cfg.NICSlots+i+1))
+	}
 	if cfg.Network {
 		// romfile=: no iPXE option ROM; we boot the kernel directly.
 		a = append(a,
@@ -342,3 +349,7 @@ func optEscape(s string) string {
 
 // nicSlot is the qdev id of the i-th root port reserved for NICs.
 func nicSlot(i int) string { return fmt.Sprintf("nicslot%d", i) }
+
+// diskSlot is the qdev id of the i-th root port reserved for hot-plugged
+// disks.
+func diskSlot(i int) string { return fmt.Sprintf("diskslot%d", i) }

@@ -88,13 +88,15 @@ type Machine struct {
 	// and is never held while waiting.
 	lifecycle sync.Mutex
 	mu        sync.Mutex
-	started   bool  // QEMU was launched (or tried to be)
-	launched  bool  // ... and answers on QMP
-	running   bool  // Start let the guest run
-	nics      int   // NIC slots taken
-	stopping  bool  // Stop was called
-	killed    bool  // we sent SIGKILL ...
-	killErr   error // ... and this is Err then (nil from Stop)
+	started   bool                     // QEMU was launched (or tried to be)
+	launched  bool                     // ... and answers on QMP
+	running   bool                     // Start let the guest run
+	nics      int                      // NIC slots taken
+	disks     []string                 // hot-plugged disk ids by slot ("" free)
+	unplugged map[string]chan struct{} // RemoveDisk waiting for DEVICE_DELETED
+	stopping  bool                     // Stop was called
+	killed    bool                     // we sent SIGKILL ...
+	killErr   error                    // ... and this is Err then (nil from Stop)
 	cmd       *exec.Cmd
 	qmp       *qmpClient
 	agent     net.Conn       // host end of the agent's virtio-serial port
@@ -107,7 +109,10 @@ type Machine struct {
 	*vm.Exit
 }
 
-var _ vm.Machine = (*Machine)(nil)
+var (
+	_ vm.Launcher       = (*Machine)(nil)
+	_ vm.DiskHotplugger = (*Machine)(nil)
+)
 
 // New validates cfg and returns a machine that is not started yet. Errors
 // are errdefs.ErrInvalidArgument and name the offending path or value.
@@ -126,6 +131,9 @@ func New(ctx context.Context, cfg vm.Config, opts ...Option) (*Machine, error) {
 		binary: o.binary,
 		log:    log.G(ctx).WithField("vm", cfg.ID),
 		Exit:   vm.NewExit(),
+
+		disks:     make([]string, cfg.DiskSlots),
+		unplugged: map[string]chan struct{}{},
 	}
 	if m.binary == "" {
 		m.binary = qemuBinary(cfg.Arch)
@@ -452,6 +460,8 @@ func (m *Machine) onEvent(ev qmpEvent) {
 			return
 		}
 		m.agentPortChanged(d.Open)
+	case "DEVICE_DELETED":
+		m.deviceDeleted(ev.Data)
 	case "STOP", "RESUME":
 		m.log.Debugf("qemu: %s", ev.Event)
 	}
