@@ -68,7 +68,18 @@ func (manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_ *b
 	if socketDir == "" {
 		socketDir = filepath.Join(defaults.DefaultStateDir, "s")
 	}
-	address, err := shim.CreateSocketAddress(ctx, socketDir, params.GetContainerdGrpcAddress(), id, false)
+	// Containers of one group (a pod) share one shim and one VM: the
+	// socket is named for the group, and a shim that serves it takes
+	// the container.
+	grouping := id
+	if g := bundleGroup(cwd); g != "" {
+		grouping = g
+	}
+	res := &bootapi.BootstrapResult{Version: 3, Protocol: "ttrpc"}
+	if err := res.AddExtension(mountCapabilities); err != nil {
+		return nil, err
+	}
+	address, err := shim.CreateSocketAddress(ctx, socketDir, params.GetContainerdGrpcAddress(), grouping, false)
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +89,10 @@ func (manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_ *b
 			return nil, fmt.Errorf("creating shim socket: %w", err)
 		}
 		if shim.CanConnect(address) {
+			if grouping != id {
+				res.Address = address
+				return res, nil
+			}
 			return nil, fmt.Errorf("a shim already serves %s: %w", address, errdefs.ErrAlreadyExists)
 		}
 		if err := shim.RemoveSocket(address); err != nil {
@@ -126,11 +141,7 @@ func (manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_ *b
 		log.G(ctx).WithError(err).Warn("adjusting the shim's OOM score")
 	}
 
-	res := &bootapi.BootstrapResult{Version: 3, Address: address, Protocol: "ttrpc"}
-	if err := res.AddExtension(mountCapabilities); err != nil {
-		cmd.Process.Kill()
-		return nil, err
-	}
+	res.Address = address
 	return res, nil
 }
 
@@ -150,6 +161,12 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 			return shim.StopStatus{}, fmt.Errorf("no -bundle and no working directory: %w", err)
 		}
 		bundle = filepath.Join(filepath.Dir(cwd), id)
+	}
+	// containerd runs this after each task's connection closes. In a
+	// group the shim may still serve its other containers, and the VM is
+	// theirs: a live shim cleans up after itself.
+	if addr := shimAddress(bundle); addr != "" && shim.CanConnect(addr) {
+		return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
 	}
 	if err := cleanupMachine(ctx, filepath.Join(bundle, "vm")); err != nil {
 		log.G(ctx).WithError(err).Warn("stopping a leftover VM")
@@ -172,20 +189,30 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 // containerd leaves it in the socket directory. containerd keeps the
 // address in the bundle's bootstrap.json.
 func removeDeadSocket(ctx context.Context, bundle string) {
+	addr := shimAddress(bundle)
+	if addr == "" || shim.CanConnect(addr) {
+		return
+	}
+	// A shim that exited by itself removed it already.
+	if err := shim.RemoveSocket(addr); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.G(ctx).WithError(err).Warn("removing a dead shim's socket")
+	}
+}
+
+// shimAddress is the address of the shim of the bundle's task, as
+// containerd keeps it in the bundle's bootstrap.json; "" when unknown.
+func shimAddress(bundle string) string {
 	b, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json"))
 	if err != nil {
-		return
+		return ""
 	}
 	var res struct {
 		Address string `json:"address"`
 	}
-	if json.Unmarshal(b, &res) != nil || res.Address == "" || shim.CanConnect(res.Address) {
-		return
+	if json.Unmarshal(b, &res) != nil {
+		return ""
 	}
-	// A shim that exited by itself removed it already.
-	if err := shim.RemoveSocket(res.Address); err != nil && !errors.Is(err, os.ErrNotExist) {
-		log.G(ctx).WithError(err).Warn("removing a dead shim's socket")
-	}
+	return res.Address
 }
 
 // Info answers `-info`.

@@ -34,3 +34,5 @@ func (n *taskNet) teardown(ctx context.Context) error { return nil }
 func cleanupNetwork(ctx context.Context, bundle string) error { return nil }
 
 func (n *taskNet) hasNetwork() bool { return n.userNAT }
+
+func (n *taskNet) sandboxPath() string { return "" }

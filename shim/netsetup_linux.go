@@ -203,3 +203,11 @@ func cleanupNetwork(ctx context.Context, bundle string) error {
 // hasNetwork tells whether the guest gets NICs (and so the agent's network
 // files).
 func (n *taskNet) hasNetwork() bool { return n.userNAT || n.sandbox != nil }
+
+// sandboxPath is the VM's network namespace, "" without one.
+func (n *taskNet) sandboxPath() string {
+	if n.sandbox == nil {
+		return ""
+	}
+	return n.sandbox.Path
+}

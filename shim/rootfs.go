@@ -45,7 +45,9 @@ type rootfsPlan struct {
 // guest mounts. Directory snapshots (overlayfs, native) are mounted on the
 // host at the bundle's rootfs, as the runc shim does, and that directory is
 // shared into the VM; so is a rootfs the bundle already holds.
-func planRootfs(bundle string, mounts []*types.Mount, fstype string) (*rootfsPlan, error) {
+//
+// Disks are named diskPrefix0, diskPrefix1...: unique in the VM.
+func planRootfs(bundle string, mounts []*types.Mount, fstype, diskPrefix string) (*rootfsPlan, error) {
 	nblock, nchain := 0, 0
 	for _, m := range mounts {
 		switch {
@@ -61,7 +63,7 @@ func planRootfs(bundle string, mounts []*types.Mount, fstype string) (*rootfsPla
 	case nblock == 0 && nchain > 0:
 		return nil, fmt.Errorf("rootfs mount chain without block images: %w", errdefs.ErrNotImplemented)
 	case nblock > 0:
-		disks, guest, err := rootfsDisks(mounts)
+		disks, guest, err := rootfsDisks(mounts, diskPrefix)
 		if err != nil {
 			return nil, err
 		}
@@ -88,7 +90,7 @@ func planRootfs(bundle string, mounts []*types.Mount, fstype string) (*rootfsPla
 
 // rootfsDisks turns block-image rootfs mounts into disks for the VM and the
 // mounts the agent performs with them.
-func rootfsDisks(mounts []*types.Mount) ([]vm.Disk, []*types.Mount, error) {
+func rootfsDisks(mounts []*types.Mount, prefix string) ([]vm.Disk, []*types.Mount, error) {
 	var (
 		disks []vm.Disk
 		guest []*types.Mount
@@ -109,7 +111,7 @@ func rootfsDisks(mounts []*types.Mount) ([]vm.Disk, []*types.Mount, error) {
 		if !fi.Mode().IsRegular() && fi.Mode()&os.ModeDevice == 0 {
 			return nil, nil, fmt.Errorf("rootfs image %s is neither a file nor a block device: %w", m.Source, errdefs.ErrInvalidArgument)
 		}
-		id := fmt.Sprintf("rootfs%d", i)
+		id := fmt.Sprintf("%s%d", prefix, i)
 		var opts []string
 		ro := false
 		for _, o := range m.Options {

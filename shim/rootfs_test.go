@@ -14,7 +14,7 @@ import (
 func TestPlanRootfsBlock(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "scratch.ext4")
 	os.WriteFile(img, make([]byte, 4096), 0o644)
-	p, err := planRootfs(t.TempDir(), []*types.Mount{{Type: "ext4", Source: img, Options: []string{"loop", "ro"}}}, "9p")
+	p, err := planRootfs(t.TempDir(), []*types.Mount{{Type: "ext4", Source: img, Options: []string{"loop", "ro"}}}, "9p", "rootfs")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,11 +24,11 @@ func TestPlanRootfsBlock(t *testing.T) {
 	if p.guest[0].Source != "disk:rootfs0" || len(p.guest[0].Options) != 1 || p.guest[0].Options[0] != "ro" {
 		t.Errorf("guest mounts %+v", p.guest)
 	}
-	if _, err := planRootfs(t.TempDir(), []*types.Mount{{Type: "ext4", Source: "/nonexistent.img"}}, "9p"); err == nil {
+	if _, err := planRootfs(t.TempDir(), []*types.Mount{{Type: "ext4", Source: "/nonexistent.img"}}, "9p", "rootfs"); err == nil {
 		t.Errorf("a missing image was accepted")
 	}
 	mixed := []*types.Mount{{Type: "ext4", Source: img}, {Type: "bind", Source: "/tmp", Options: []string{"rbind"}}}
-	if _, err := planRootfs(t.TempDir(), mixed, "9p"); !errdefs.IsNotImplemented(err) {
+	if _, err := planRootfs(t.TempDir(), mixed, "9p", "rootfs"); !errdefs.IsNotImplemented(err) {
 		t.Errorf("mixed: %v, want not implemented", err)
 	}
 }
@@ -49,7 +49,7 @@ func TestPlanRootfsChain(t *testing.T) {
 		{Type: "ext4", Source: rw, Options: []string{"rw", "loop"}},
 		{Type: "ext4", Source: layer, Options: []string{"ro", "loop"}},
 		overlay,
-	}, "9p")
+	}, "9p", "rootfs")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestPlanRootfsChain(t *testing.T) {
 	if len(p.guest) != 3 || p.guest[0].Source != "disk:rootfs0" || p.guest[1].Source != "disk:rootfs1" || p.guest[2] != overlay {
 		t.Errorf("guest mounts %+v", p.guest)
 	}
-	if _, err := planRootfs(t.TempDir(), []*types.Mount{overlay}, "9p"); !errdefs.IsNotImplemented(err) {
+	if _, err := planRootfs(t.TempDir(), []*types.Mount{overlay}, "9p", "rootfs"); !errdefs.IsNotImplemented(err) {
 		t.Errorf("a chain without images: %v, want not implemented", err)
 	}
 }
@@ -67,11 +67,11 @@ func TestPlanRootfsChain(t *testing.T) {
 func TestPlanRootfsDirectory(t *testing.T) {
 	// No mounts: the bundle's own rootfs directory is shared, if it exists.
 	bundle := t.TempDir()
-	if _, err := planRootfs(bundle, nil, "9p"); !errdefs.IsNotFound(err) {
+	if _, err := planRootfs(bundle, nil, "9p", "rootfs"); !errdefs.IsNotFound(err) {
 		t.Errorf("no mounts, no rootfs dir: %v, want not found", err)
 	}
 	os.Mkdir(filepath.Join(bundle, "rootfs"), 0o755)
-	p, err := planRootfs(bundle, nil, "9p")
+	p, err := planRootfs(bundle, nil, "9p", "rootfs")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestPlanRootfsDirectory(t *testing.T) {
 	snap := t.TempDir()
 	os.WriteFile(filepath.Join(snap, "marker"), []byte("snapshot"), 0o644)
 	bundle = t.TempDir()
-	p, err = planRootfs(bundle, []*types.Mount{{Type: "bind", Source: snap, Options: []string{"rbind", "rw"}}}, "9p")
+	p, err = planRootfs(bundle, []*types.Mount{{Type: "bind", Source: snap, Options: []string{"rbind", "rw"}}}, "9p", "rootfs")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestGuestSpec(t *testing.T) {
 	}
 	s := &specs.Spec{Root: &specs.Root{Path: "/run/containerd/x/rootfs"}, Process: &specs.Process{Args: []string{"true"}},
 		Mounts: []specs.Mount{{Destination: "/proc", Type: "proc", Source: "proc"}}}
-	g, _, _, _, err := guestSpec(write(s), "9p")
+	g, _, _, _, err := guestSpec(write(s), "9p", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +123,7 @@ func TestGuestSpec(t *testing.T) {
 	}
 
 	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: t.TempDir(), Options: []string{"rbind"}})
-	g, _, shares, agentShares, err := guestSpec(write(s), "9p")
+	g, _, shares, agentShares, err := guestSpec(write(s), "9p", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,13 +132,13 @@ func TestGuestSpec(t *testing.T) {
 		t.Errorf("bind mount: shares %v %v, guest mounts %v", shares, agentShares, got.Mounts)
 	}
 	s.Mounts[1].Source = filepath.Join(t.TempDir(), "missing")
-	if _, _, _, _, err := guestSpec(write(s), "9p"); !errdefs.IsNotFound(err) {
+	if _, _, _, _, err := guestSpec(write(s), "9p", nil); !errdefs.IsNotFound(err) {
 		t.Errorf("bind mount of a missing source: %v, want not found", err)
 	}
 
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte("{"), 0o644)
-	if _, _, _, _, err := guestSpec(dir, "9p"); !errdefs.IsInvalidArgument(err) {
+	if _, _, _, _, err := guestSpec(dir, "9p", nil); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("malformed: %v, want invalid argument", err)
 	}
 }
@@ -162,7 +162,7 @@ func TestGuestSpecHostParts(t *testing.T) {
 	}
 	b, _ := json.Marshal(s)
 	os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644)
-	g, hs, _, _, err := guestSpec(dir, "9p")
+	g, hs, _, _, err := guestSpec(dir, "9p", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestGuestSpecHostParts(t *testing.T) {
 	s.Linux.Namespaces[0].Path = "/proc/1/ns/pid"
 	b, _ = json.Marshal(s)
 	os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644)
-	if _, _, _, _, err := guestSpec(dir, "9p"); !errdefs.IsInvalidArgument(err) {
+	if _, _, _, _, err := guestSpec(dir, "9p", nil); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("pid namespace path: %v, want invalid argument", err)
 	}
 }

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/core/runtime"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -47,9 +47,10 @@ const (
 )
 
 // NewTaskService is the shim's task service: containerd's task API, served
-// by booting one micro-VM per task and forwarding to the agent inside.
+// by running the shim's containers in one micro-VM and forwarding to the
+// agent inside.
 func NewTaskService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (taskAPI.TTRPCTaskService, error) {
-	s := &service{publisher: publisher, sd: sd}
+	s := &service{publisher: publisher, sd: sd, containers: map[string]*container{}}
 	sd.RegisterCallback(func(context.Context) error {
 		s.stopVM()
 		return nil
@@ -63,153 +64,64 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	return nil
 }
 
+// service is one shim: one sandbox (VM) and the containers in it, one
+// unless containers are grouped (a pod, manager.Start).
 type service struct {
 	publisher shim.Publisher
 	sd        shutdown.Service
 
-	// mu guards t; lifecycle serialises Create and Delete of the task.
-	mu        sync.Mutex
-	lifecycle sync.Mutex
-	t         *vmTask
+	// mu guards sb and containers; lifecycle serialises the Create and
+	// Delete of containers.
+	mu         sync.Mutex
+	lifecycle  sync.Mutex
+	sb         *sandbox
+	containers map[string]*container
 }
 
 var _ taskAPI.TTRPCTaskService = (*service)(nil)
 
-// vmTask is the shim's one task, its VM and the agent that runs it.
-type vmTask struct {
-	id, bundle, namespace string
-	machine               vm.Machine
-	client                *ttrpc.Client
-	agent                 taskAPI.TTRPCTaskService
-	bundles               agentapi.BundleService
-	console               string
-	keepConsole           bool
-	hostRootfs            string // the snapshot the shim mounted on the host
-	net                   *taskNet
-	forwarder             *portForwarder // nil without forward_ports
-	hooks                 hostHooks
-	spec                  *specs.Spec
-
-	mu      sync.Mutex
-	procs   map[string]*hostProcess // "" is init
-	stopped bool                    // the VM was stopped on purpose
-}
-
-// hostProcess is what the shim keeps of a process in the guest.
-type hostProcess struct {
-	execID                string
-	stdin, stdout, stderr string
-	terminal              bool
-	io                    *hostIO
-
-	mu       sync.Mutex
-	pid      uint32 // what containerd sees (vmTask.hostPid)
-	guestPid uint32
-	exited   chan struct{}
-	status   uint32
-	exitedAt time.Time
-}
-
-// exit records the exit once; it reports whether this call did.
-func (p *hostProcess) exit(status uint32, at time.Time) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.exited:
-		return false
-	default:
-	}
-	p.status, p.exitedAt = status, at
-	close(p.exited)
-	return true
-}
-
-func (p *hostProcess) result() (uint32, time.Time) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.status, p.exitedAt
-}
-
-// pids is the process's pid as containerd knows it and in the guest.
-func (p *hostProcess) pids() (host, guest uint32) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.pid, p.guestPid
-}
-
-func (p *hostProcess) hasExited() bool {
-	select {
-	case <-p.exited:
-		return true
-	default:
-		return false
-	}
-}
-
-func (s *service) task(id string) (*vmTask, error) {
+func (s *service) task(id string) (*container, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.t == nil || s.t.id != id {
+	c := s.containers[id]
+	if c == nil {
 		return nil, fmt.Errorf("task %q: %w", id, errdefs.ErrNotFound)
 	}
-	return s.t, nil
+	return c, nil
 }
 
-// taskProcess finds a process of the shim's task.
-func (s *service) taskProcess(id, execID string) (*vmTask, *hostProcess, error) {
-	t, err := s.task(id)
+// taskProcess finds a process of one of the shim's containers.
+func (s *service) taskProcess(id, execID string) (*container, *hostProcess, error) {
+	c, err := s.task(id)
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := t.process(execID)
+	p, err := c.process(execID)
 	if err != nil {
 		return nil, nil, err
 	}
-	return t, p, nil
-}
-
-func (t *vmTask) process(execID string) (*hostProcess, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	p := t.procs[execID]
-	if p == nil {
-		return nil, fmt.Errorf("process %q of task %q: %w", execID, t.id, errdefs.ErrNotFound)
-	}
-	return p, nil
-}
-
-// vmDead reports whether the VM is gone.
-func (t *vmTask) vmDead() bool {
-	select {
-	case <-t.machine.Done():
-		return true
-	default:
-		return false
-	}
-}
-
-// agentErr turns an agent error back into its errdefs class; a dead VM
-// means the process is gone.
-func (t *vmTask) agentErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	if t.vmDead() {
-		return fmt.Errorf("the task's VM is gone (%v): %w", t.machine.Err(), errdefs.ErrNotFound)
-	}
-	return errgrpc.ToNative(err)
+	return c, p, nil
 }
 
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	s.lifecycle.Lock()
 	defer s.lifecycle.Unlock()
 	s.mu.Lock()
-	if s.t != nil {
-		s.mu.Unlock()
-		return nil, errgrpc.ToGRPC(fmt.Errorf("this shim already runs task %q: %w", s.t.id, errdefs.ErrAlreadyExists))
-	}
+	_, exists := s.containers[r.ID]
+	sb := s.sb
 	s.mu.Unlock()
-	t, err := s.create(ctx, r)
+	if exists {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("task %q: %w", r.ID, errdefs.ErrAlreadyExists))
+	}
+	var (
+		c   *container
+		err error
+	)
+	if sb == nil {
+		c, err = s.createSandbox(ctx, r)
+	} else {
+		c, err = s.join(ctx, sb, r)
+	}
 	if err != nil {
 		if errdefs.IsNotImplemented(err) {
 			// containerd takes NotImplemented from Create for "this shim
@@ -220,21 +132,22 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(err)
 	}
 	s.mu.Lock()
-	s.t = t
+	s.containers[r.ID] = c
 	s.mu.Unlock()
-	init := t.procs[""]
+	pid, _ := c.initPids()
 	s.publish(ctx, runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
 		ContainerID: r.ID,
 		Bundle:      r.Bundle,
 		Rootfs:      r.Rootfs,
 		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		Checkpoint:  r.Checkpoint,
-		Pid:         init.pid,
+		Pid:         pid,
 	})
-	return &taskAPI.CreateTaskResponse{Pid: init.pid}, nil
+	return &taskAPI.CreateTaskResponse{Pid: pid}, nil
 }
 
-func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *vmTask, retErr error) {
+// createSandbox boots the VM with its first container.
+func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *container, retErr error) {
 	if r.Checkpoint != "" {
 		return nil, fmt.Errorf("restoring a checkpoint: %w", errdefs.ErrNotImplemented)
 	}
@@ -247,7 +160,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, err
 	}
 	fstype := shareFSType(opts.Backend)
-	spec, hs, shares, setupShares, err := guestSpec(r.Bundle, fstype)
+	spec, hs, shares, setupShares, err := guestSpec(r.Bundle, fstype, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -268,7 +181,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	rootfs, err := planRootfs(r.Bundle, r.Rootfs, fstype)
+	rootfs, err := planRootfs(r.Bundle, r.Rootfs, fstype, "rootfs")
 	if err != nil {
 		return nil, err
 	}
@@ -309,238 +222,183 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		DiskCaching: opts.DiskCaching,
 		DiskSync:    opts.DiskSync,
 	}
+	if groupOf(spec) != "" {
+		// Containers of the group join this VM later with disks of
+		// their own.
+		cfg.DiskSlots = groupDiskSlots
+	}
 	tnet.configure(&cfg)
 	m, err := newMachine(ctx, opts.Backend, cfg)
 	if err != nil {
 		return nil, err
 	}
-	t := &vmTask{
+	sb := &sandbox{
 		id:          r.ID,
 		bundle:      r.Bundle,
 		namespace:   ns,
+		backend:     opts.Backend,
 		machine:     m,
 		console:     console,
 		keepConsole: opts.DebugConsole,
-		hostRootfs:  rootfs.hostMounted,
-		procs:       make(map[string]*hostProcess),
 		net:         tnet,
-		hooks:       hs.hooks,
-		spec:        spec,
+	}
+	c := &container{
+		id:         r.ID,
+		bundle:     r.Bundle,
+		sb:         sb,
+		spec:       spec,
+		hooks:      hs.hooks,
+		hostRootfs: rootfs.hostMounted,
+		procs:      make(map[string]*hostProcess),
 	}
 	defer func() {
 		if retErr != nil {
-			t.stop(ctx)
+			sb.stop(ctx, c)
 		}
 	}()
-	start := time.Now()
-	if err := t.boot(ctx); err != nil {
-		return nil, err
-	}
-	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(opts.BootTimeout)*time.Second)
-	conn, err := vm.DialRetry(bootCtx, m, agentapi.PortControl)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("waiting for the agent: %w%s", err, consoleTail(console))
-	}
-	t.client = ttrpc.NewClient(conn)
-	t.agent = taskAPI.NewTTRPCTaskClient(t.client)
-	t.bundles = agentapi.NewBundleClient(t.client)
-	log.G(ctx).WithField("boot", time.Since(start)).Info("agent ready")
-
-	sys := agentapi.NewSystemClient(t.client)
 	setup := &agentapi.SetupRequest{
 		Hostname:     spec.Hostname,
 		Time:         protobuf.ToTimestamp(time.Now()),
 		Shares:       setupShares,
-		Network:      tnet.guest(),
 		Sysctls:      hs.sysctls,
 		ForwardPorts: *opts.ForwardPorts,
 	}
-	if setup.ForwardPorts {
-		t.forwarder = newPortForwarder(m)
+	if err := sb.boot(ctx, c, opts, setup); err != nil {
+		return nil, err
 	}
-	if _, err := sys.Setup(ctx, setup); err != nil {
-		return nil, fmt.Errorf("setting up the guest: %w", errgrpc.ToNative(err))
+	go s.forwardEvents(sb)
+	go s.watchVM(sb)
+	go sb.syncClock()
+	if err := s.createInGuest(ctx, c, r, config, rootfs.guest); err != nil {
+		return nil, err
 	}
-	b, err := t.bundles.Create(ctx, &agentapi.CreateBundleRequest{
+	s.mu.Lock()
+	s.sb = sb
+	s.mu.Unlock()
+	return c, nil
+}
+
+// groupDiskSlots is how many disks the containers that join a grouped
+// VM can bring, all together.
+const groupDiskSlots = 8
+
+// join creates a container in the running VM: its rootfs disks are
+// hot-plugged, its namespaces are the VM's (network) or the sandbox
+// container's (CRI's /proc/<pid>/ns paths).
+func (s *service) join(ctx context.Context, sb *sandbox, r *taskAPI.CreateTaskRequest) (_ *container, retErr error) {
+	if r.Checkpoint != "" {
+		return nil, fmt.Errorf("restoring a checkpoint: %w", errdefs.ErrNotImplemented)
+	}
+	if sb.vmDead() {
+		return nil, fmt.Errorf("the VM of this group is gone (%v): %w", sb.machine.Err(), errdefs.ErrFailedPrecondition)
+	}
+	s.mu.Lock()
+	first := s.containers[sb.id]
+	s.mu.Unlock()
+	var mapNS nsMapper
+	if first != nil {
+		mapNS = sb.mapNamespace(first)
+	}
+	spec, hs, shares, _, err := guestSpec(r.Bundle, shareFSType(sb.backend), mapNS)
+	if err != nil {
+		return nil, err
+	}
+	if len(shares) > 0 {
+		return nil, fmt.Errorf("bind mounts of host paths in a container that joins a running VM: %w", errdefs.ErrNotImplemented)
+	}
+	if hs.netnsPath != "" && (sb.net.sandboxPath() == "" || hs.netnsPath != sb.net.sandboxPath()) {
+		return nil, fmt.Errorf("joining the network namespace at %s: the VM runs in %q: %w", hs.netnsPath, sb.net.sandboxPath(), errdefs.ErrInvalidArgument)
+	}
+	if len(hs.sysctls) > 0 {
+		return nil, fmt.Errorf("net.* sysctls %v in a container that joins a running VM: the VM's network is set up: %w", hs.sysctls, errdefs.ErrInvalidArgument)
+	}
+	networkSpec(spec, sb.net.hasNetwork())
+	config, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	rootfs, err := planRootfs(r.Bundle, r.Rootfs, shareFSType(sb.backend), sb.nextDiskPrefix())
+	if err != nil {
+		return nil, err
+	}
+	if rootfs.share != nil {
+		_ = unmountHostRootfs(rootfs.hostMounted)
+		return nil, fmt.Errorf("a directory rootfs in a container that joins a running VM (use block images: the vz or blockfile snapshotter): %w", errdefs.ErrNotImplemented)
+	}
+	hp, ok := sb.machine.(vm.DiskHotplugger)
+	if !ok && len(rootfs.disks) > 0 {
+		return nil, fmt.Errorf("this backend cannot add disks to a running VM: %w", errdefs.ErrNotImplemented)
+	}
+	c := &container{
+		id:     r.ID,
+		bundle: r.Bundle,
+		sb:     sb,
+		spec:   spec,
+		hooks:  hs.hooks,
+		procs:  make(map[string]*hostProcess),
+	}
+	defer func() {
+		if retErr != nil {
+			c.cleanup(context.WithoutCancel(ctx))
+		}
+	}()
+	for _, d := range rootfs.disks {
+		if err := hp.AddDisk(ctx, d); err != nil {
+			return nil, fmt.Errorf("adding the rootfs to the VM: %w", err)
+		}
+		c.hotDisks = append(c.hotDisks, d.ID)
+	}
+	if err := c.runCreateHooks(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.createInGuest(ctx, c, r, config, rootfs.guest); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// createInGuest delivers the container's bundle to the agent, opens its
+// stdio and creates it there.
+func (s *service) createInGuest(ctx context.Context, c *container, r *taskAPI.CreateTaskRequest, config []byte, rootfs []*types.Mount) error {
+	sb := c.sb
+	b, err := sb.bundles.Create(ctx, &agentapi.CreateBundleRequest{
 		Id:    r.ID,
 		Files: []*agentapi.BundleFile{{Path: "config.json", Data: config, Mode: 0o644}},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("delivering the bundle: %w", errgrpc.ToNative(err))
+		return fmt.Errorf("delivering the bundle: %w", errgrpc.ToNative(err))
 	}
-	go s.forwardEvents(t)
-	go s.watchVM(t)
-	go t.syncClock(sys)
-
 	p := &hostProcess{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal, exited: make(chan struct{})}
-	if p.io, err = openIO(ctx, m, r.ID, ns, r.Stdin, r.Stdout, r.Stderr, r.Terminal); err != nil {
-		return nil, err
+	if p.io, err = openIO(ctx, sb.machine, r.ID, sb.namespace, r.Stdin, r.Stdout, r.Stderr, r.Terminal); err != nil {
+		return err
 	}
-	t.procs[""] = p
-	resp, err := t.agent.Create(ctx, &taskAPI.CreateTaskRequest{
+	c.mu.Lock()
+	c.procs[""] = p
+	c.mu.Unlock()
+	resp, err := sb.agent.Create(ctx, &taskAPI.CreateTaskRequest{
 		ID:       r.ID,
 		Bundle:   b.Bundle,
-		Rootfs:   rootfs.guest,
+		Rootfs:   rootfs,
 		Terminal: r.Terminal,
 		Stdin:    p.io.ids[0],
 		Stdout:   p.io.ids[1],
 		Stderr:   p.io.ids[2],
 	})
 	if err != nil {
-		return nil, fmt.Errorf("creating the container in the guest: %w", t.agentErr(err))
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		_, _ = sb.bundles.Remove(rctx, &agentapi.RemoveBundleRequest{Id: r.ID})
+		cancel()
+		return fmt.Errorf("creating the container in the guest: %w", sb.agentErr(err))
 	}
-	p.guestPid, p.pid = resp.Pid, t.hostPid("", resp.Pid)
-	return t, nil
-}
-
-// hostPid is the pid containerd knows a process by. The task's own (init)
-// is the VMM's, a host process in the VM's network namespace, as Kata
-// does: containerd's clients look at /proc/<task pid> (nerdctl inspect
-// reads the task's network there, CRI its namespaces). Execs keep their
-// guest pids. A VMM in the shim's own process (VZ) leaves guest pids.
-func (t *vmTask) hostPid(execID string, guestPid uint32) uint32 {
-	if execID == "" {
-		if vp := t.machine.Pid(); vp > 0 {
-			return uint32(vp)
-		}
-	}
-	return guestPid
-}
-
-// hostSpec is what of the container's spec the host acts on itself.
-type hostSpec struct {
-	hooks hostHooks
-	// netnsPath is the network namespace the spec names; netnsNew says
-	// it asks for a new one.
-	netnsPath string
-	netnsNew  bool
-	// sysctls are the spec's net.* sysctls: they go to the VM, the
-	// container's network sandbox.
-	sysctls map[string]string
-}
-
-// boot starts the VM. A VMM that can run before its guest (vm.Launcher) is
-// launched first: the prestart and createRuntime hooks see its pid, in the
-// VM's network namespace, and the NICs of what they made there are added
-// before the guest boots.
-func (t *vmTask) boot(ctx context.Context) error {
-	l, ok := t.machine.(vm.Launcher)
-	if !ok {
-		if t.hooks.setsUpNetwork() {
-			return fmt.Errorf("prestart and createRuntime hooks need a VMM process on the host, which this backend has not: %w", errdefs.ErrInvalidArgument)
-		}
-		if err := t.machine.Start(ctx); err != nil {
-			return fmt.Errorf("starting the VM: %w", err)
-		}
-		return nil
-	}
-	if err := l.Launch(ctx); err != nil {
-		return fmt.Errorf("starting the VM: %w", err)
-	}
-	state := t.hookState(specs.StateCreating)
-	if err := runHooks(ctx, "prestart", t.hooks.prestart, state); err != nil {
-		return err
-	}
-	if err := runHooks(ctx, "createRuntime", t.hooks.createRuntime, state); err != nil {
-		return err
-	}
-	if err := t.net.plug(ctx, l); err != nil {
-		return fmt.Errorf("network: %w", err)
-	}
-	if err := l.Start(ctx); err != nil {
-		return fmt.Errorf("starting the VM: %w", err)
-	}
+	p.setPids(c.hostPid("", resp.Pid), resp.Pid)
 	return nil
-}
-
-// hookState is the container's state as its OCI hooks read it; the pid is
-// the VMM's, the task's process on the host.
-func (t *vmTask) hookState(status specs.ContainerState) specs.State {
-	st := specs.State{ID: t.id, Status: status, Pid: t.machine.Pid(), Bundle: t.bundle}
-	if t.spec != nil {
-		st.Version, st.Annotations = t.spec.Version, t.spec.Annotations
-	}
-	return st
-}
-
-// guestSpec reads the bundle's config.json and rewrites it for the guest:
-// the root becomes the bundle's rootfs directory there, bind mounts of host
-// paths come from the VM shares it returns (mounted with fstype), the
-// host's hooks, network namespace and net.* sysctls move to hostSpec.
-// networkSpec finishes it once the VM's network is known.
-func guestSpec(bundle, fstype string) (*specs.Spec, hostSpec, []vm.Share, []*agentapi.Share, error) {
-	var hs hostSpec
-	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
-	if err != nil {
-		return nil, hs, nil, nil, fmt.Errorf("reading config.json: %w", err)
-	}
-	var spec specs.Spec
-	if err := json.Unmarshal(b, &spec); err != nil {
-		return nil, hs, nil, nil, fmt.Errorf("malformed config.json: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	if spec.Root == nil {
-		spec.Root = &specs.Root{}
-	}
-	spec.Root.Path = "rootfs"
-	shares, agentShares, err := guestShares(&spec, fstype)
-	if err != nil {
-		return nil, hs, nil, nil, err
-	}
-	hs.hooks = takeHostHooks(&spec)
-	if spec.Linux != nil {
-		for _, n := range spec.Linux.Namespaces {
-			if n.Type == specs.NetworkNamespace {
-				hs.netnsPath, hs.netnsNew = n.Path, n.Path == ""
-				continue
-			}
-			if n.Path != "" {
-				// InvalidArgument, not NotImplemented: containerd takes
-				// the latter from Create for "task API v3 unsupported".
-				return nil, hs, nil, nil, fmt.Errorf("joining the %s namespace at %s: host namespaces do not exist in the VM: %w", n.Type, n.Path, errdefs.ErrInvalidArgument)
-			}
-		}
-		for k, v := range spec.Linux.Sysctl {
-			if strings.HasPrefix(k, "net.") {
-				if hs.sysctls == nil {
-					hs.sysctls = map[string]string{}
-				}
-				hs.sysctls[k] = v
-				delete(spec.Linux.Sysctl, k)
-			}
-		}
-	}
-	return &spec, hs, shares, agentShares, nil
-}
-
-func hasOption(opts []string, o string) bool {
-	for _, x := range opts {
-		if x == o {
-			return true
-		}
-	}
-	return false
-}
-
-// consoleTail is the end of the guest console, for errors about a VM that
-// did not come up.
-func consoleTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil || len(b) == 0 {
-		return ""
-	}
-	const max = 2048
-	if len(b) > max {
-		b = b[len(b)-max:]
-	}
-	return "\nguest console (last lines):\n" + strings.TrimSpace(string(b))
 }
 
 // forwardEvents republishes the agent's events to containerd. The exit of a
 // process goes out only after its output reached containerd's side.
-func (s *service) forwardEvents(t *vmTask) {
-	ctx := namespaces.WithNamespace(context.Background(), t.namespace)
-	stream, err := agentapi.NewEventsClient(t.client).Stream(ctx, &agentapi.StreamEventsRequest{})
+func (s *service) forwardEvents(sb *sandbox) {
+	ctx := namespaces.WithNamespace(context.Background(), sb.namespace)
+	stream, err := agentapi.NewEventsClient(sb.client).Stream(ctx, &agentapi.StreamEventsRequest{})
 	if err != nil {
 		log.G(ctx).WithError(err).Error("subscribing to the agent's events")
 		return
@@ -548,7 +406,7 @@ func (s *service) forwardEvents(t *vmTask) {
 	for {
 		env, err := stream.Recv()
 		if err != nil {
-			if !t.vmDead() {
+			if !sb.vmDead() {
 				log.G(ctx).WithError(err).Debug("agent event stream ended")
 			}
 			return
@@ -561,8 +419,8 @@ func (s *service) forwardEvents(t *vmTask) {
 		switch e := v.(type) {
 		case *agentapi.PortEvent:
 			// The shim's own business, not containerd's.
-			if t.forwarder != nil {
-				t.forwarder.handle(ctx, e)
+			if sb.forwarder != nil {
+				sb.forwarder.handle(ctx, e)
 			}
 			continue
 		case *eventstypes.TaskCreate, *eventstypes.TaskDelete:
@@ -571,73 +429,60 @@ func (s *service) forwardEvents(t *vmTask) {
 			continue
 		case *eventstypes.TaskExit:
 			execID := e.ID
-			if execID == t.id {
+			if execID == e.ContainerID {
 				execID = ""
 			}
-			if p, err := t.process(execID); err == nil {
-				dctx, cancel := context.WithTimeout(ctx, exitDrainTimeout)
-				p.io.wait(dctx)
-				cancel()
-				p.exit(e.ExitStatus, protobuf.FromTimestamp(e.ExitedAt))
-				e.Pid, _ = p.pids()
+			if c, err := s.task(e.ContainerID); err == nil {
+				if p, err := c.process(execID); err == nil {
+					dctx, cancel := context.WithTimeout(ctx, exitDrainTimeout)
+					p.io.wait(dctx)
+					cancel()
+					p.exit(e.ExitStatus, protobuf.FromTimestamp(e.ExitedAt))
+					e.Pid, _ = p.pids()
+				}
 			}
 		case *eventstypes.TaskStart:
-			e.Pid = t.hostPid("", e.Pid)
+			if c, err := s.task(e.ContainerID); err == nil {
+				e.Pid = c.hostPid("", e.Pid)
+			}
 		}
 		s.publish(ctx, env.Topic, v)
 	}
 }
 
-// syncClock steps the guest clock to the host's now and then: a VM's clock
-// falls behind while the host sleeps or the VM is paused, and the guest
-// has no time source of its own to catch up from.
-func (t *vmTask) syncClock(sys agentapi.SystemService) {
-	tick := time.NewTicker(clockSyncInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-t.machine.Done():
-			return
-		case <-tick.C:
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if _, err := sys.SetTime(ctx, &agentapi.SetTimeRequest{Time: protobuf.ToTimestamp(time.Now())}); err != nil && !t.vmDead() {
-				log.G(ctx).WithError(err).WithField("id", t.id).Debug("setting the guest clock")
-			}
-			cancel()
-		}
-	}
-}
-
-// watchVM notices a VM that died while its task lived: every process exits
-// (status 255), every Wait returns and containerd hears of it.
-func (s *service) watchVM(t *vmTask) {
-	<-t.machine.Done()
-	ctx := namespaces.WithNamespace(context.Background(), t.namespace)
-	t.mu.Lock()
-	stopped := t.stopped
-	procs := make(map[string]*hostProcess, len(t.procs))
-	for k, v := range t.procs {
-		procs[k] = v
-	}
-	t.mu.Unlock()
-	if stopped {
+// watchVM notices a VM that died while its containers lived: every process
+// exits (status 255), every Wait returns and containerd hears of it.
+func (s *service) watchVM(sb *sandbox) {
+	<-sb.machine.Done()
+	ctx := namespaces.WithNamespace(context.Background(), sb.namespace)
+	if sb.isStopped() {
 		return
 	}
-	log.G(ctx).WithError(t.machine.Err()).WithField("id", t.id).Errorf("the task's VM died%s", consoleTail(t.console))
-	now := time.Now()
-	// Execs first, init last, as the kernel would have it.
-	for execID, p := range procs {
-		if execID == "" {
-			continue
+	log.G(ctx).WithError(sb.machine.Err()).WithField("id", sb.id).Errorf("the task's VM died%s", consoleTail(sb.console))
+	s.mu.Lock()
+	containers := make([]*container, 0, len(s.containers))
+	for _, c := range s.containers {
+		if c.sb == sb {
+			containers = append(containers, c)
 		}
-		s.vmDeadExit(ctx, t, p, now)
 	}
-	if p := procs[""]; p != nil {
-		s.vmDeadExit(ctx, t, p, now)
+	s.mu.Unlock()
+	now := time.Now()
+	for _, c := range containers {
+		procs := c.processes()
+		// Execs first, init last, as the kernel would have it.
+		for execID, p := range procs {
+			if execID != "" {
+				s.vmDeadExit(ctx, c, p, now)
+			}
+		}
+		if p := procs[""]; p != nil {
+			s.vmDeadExit(ctx, c, p, now)
+		}
 	}
 }
 
-func (s *service) vmDeadExit(ctx context.Context, t *vmTask, p *hostProcess, at time.Time) {
+func (s *service) vmDeadExit(ctx context.Context, c *container, p *hostProcess, at time.Time) {
 	if !p.exit(vmDeadStatus, at) {
 		return
 	}
@@ -645,12 +490,13 @@ func (s *service) vmDeadExit(ctx context.Context, t *vmTask, p *hostProcess, at 
 	p.io.close()
 	id := p.execID
 	if id == "" {
-		id = t.id
+		id = c.id
 	}
+	pid, _ := p.pids()
 	s.publish(ctx, runtime.TaskExitEventTopic, &eventstypes.TaskExit{
-		ContainerID: t.id,
+		ContainerID: c.id,
 		ID:          id,
-		Pid:         p.pid,
+		Pid:         pid,
 		ExitStatus:  vmDeadStatus,
 		ExitedAt:    protobuf.ToTimestamp(at),
 	})
@@ -660,13 +506,13 @@ func (s *service) vmDeadExit(ctx context.Context, t *vmTask, p *hostProcess, at 
 // their errdefs classes.
 func forward[R any](s *service, id string, call func(agent taskAPI.TTRPCTaskService) (R, error)) (R, error) {
 	var none R
-	t, err := s.task(id)
+	c, err := s.task(id)
 	if err != nil {
 		return none, errgrpc.ToGRPC(err)
 	}
-	resp, err := call(t.agent)
+	resp, err := call(c.sb.agent)
 	if err != nil {
-		return none, errgrpc.ToGRPC(t.agentErr(err))
+		return none, errgrpc.ToGRPC(c.sb.agentErr(err))
 	}
 	return resp, nil
 }
@@ -677,164 +523,123 @@ func (s *service) publish(ctx context.Context, topic string, ev any) {
 	}
 }
 
-// stop ends the VM: the agent is asked to power off, then the VM is
-// stopped, then everything the shim made for it is removed.
-func (t *vmTask) stop(ctx context.Context) {
-	t.mu.Lock()
-	t.stopped = true
-	procs := make([]*hostProcess, 0, len(t.procs))
-	for _, p := range t.procs {
-		procs = append(procs, p)
-	}
-	t.mu.Unlock()
-	if t.client != nil {
-		if !t.vmDead() {
-			// The agent syncs, unmounts and powers off; forcing the VM
-			// off before that could lose what the container wrote.
-			sctx, cancel := context.WithTimeout(ctx, time.Second)
-			_, _ = t.agent.Shutdown(sctx, &taskAPI.ShutdownRequest{ID: t.id})
-			cancel()
-			select {
-			case <-t.machine.Done():
-			case <-time.After(powerOffWait):
-			}
-		}
-		t.client.Close()
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
-	if err := t.machine.Stop(sctx); err != nil {
-		log.G(ctx).WithError(err).WithField("id", t.id).Warn("stopping the VM")
-	}
-	cancel()
-	for _, p := range procs {
-		if p.io != nil {
-			p.io.close()
-		}
-	}
-	if t.forwarder != nil {
-		t.forwarder.close()
-	}
-	// After the VM: hooks that undo what createRuntime hooks made
-	// (nerdctl's CNI teardown), then the network the VM used.
-	if err := runHooks(ctx, "poststop", t.hooks.poststop, t.hookState(specs.StateStopped)); err != nil {
-		log.G(ctx).WithError(err).WithField("id", t.id).Warn("poststop hook failed")
-	}
-	if err := t.net.teardown(ctx); err != nil {
-		log.G(ctx).WithError(err).WithField("id", t.id).Warn("removing the task's network")
-	}
-	// After the VM: QEMU serves the share from it until it exits.
-	if t.hostRootfs != "" {
-		if err := unmountHostRootfs(t.hostRootfs); err != nil {
-			log.G(ctx).WithError(err).WithField("id", t.id).Warn("unmounting the rootfs")
-		}
-	}
-	os.RemoveAll(filepath.Join(t.bundle, "vm"))
-	if !t.keepConsole {
-		os.Remove(t.console)
-	}
-}
-
 // stopVM is the shim's shutdown callback: no VM outlives its shim.
 func (s *service) stopVM() {
 	s.mu.Lock()
-	t := s.t
-	s.mu.Unlock()
-	if t != nil {
-		t.stop(context.Background())
+	sb := s.sb
+	containers := make([]*container, 0, len(s.containers))
+	for _, c := range s.containers {
+		containers = append(containers, c)
 	}
+	s.mu.Unlock()
+	if sb == nil {
+		return
+	}
+	ctx := context.Background()
+	var last *container
+	for _, c := range containers {
+		if last == nil {
+			last = c
+			continue
+		}
+		defer c.cleanup(ctx)
+	}
+	sb.stop(ctx, last)
 }
 
 func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	t, p, err := s.taskProcess(r.ID, r.ExecID)
+	c, p, err := s.taskProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	resp, err := t.agent.Start(ctx, &taskAPI.StartRequest{ID: r.ID, ExecID: r.ExecID})
+	resp, err := c.sb.agent.Start(ctx, &taskAPI.StartRequest{ID: r.ID, ExecID: r.ExecID})
 	if err != nil {
-		return nil, errgrpc.ToGRPC(t.agentErr(err))
+		return nil, errgrpc.ToGRPC(c.sb.agentErr(err))
 	}
-	p.mu.Lock()
-	p.guestPid, p.pid = resp.Pid, t.hostPid(r.ExecID, resp.Pid)
-	resp.Pid = p.pid
-	p.mu.Unlock()
+	p.setPids(c.hostPid(r.ExecID, resp.Pid), resp.Pid)
+	resp.Pid, _ = p.pids()
 	if r.ExecID == "" {
 		// As the runtime spec says: a failed poststart hook is a warning.
-		if err := runHooks(ctx, "poststart", t.hooks.poststart, t.hookState(specs.StateRunning)); err != nil {
-			log.G(ctx).WithError(err).WithField("id", t.id).Warn("poststart hook failed")
+		if err := runHooks(ctx, "poststart", c.hooks.poststart, c.hookState(specs.StateRunning)); err != nil {
+			log.G(ctx).WithError(err).WithField("id", c.id).Warn("poststart hook failed")
 		}
 	}
 	return resp, nil
 }
 
 func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
-	t, err := s.task(r.ID)
+	c, err := s.task(r.ID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	t.mu.Lock()
-	_, exists := t.procs[r.ExecID]
-	t.mu.Unlock()
+	c.mu.Lock()
+	_, exists := c.procs[r.ExecID]
+	c.mu.Unlock()
 	if exists || r.ExecID == "" {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q: %w", r.ExecID, errdefs.ErrAlreadyExists))
 	}
+	sb := c.sb
 	p := &hostProcess{execID: r.ExecID, stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal, exited: make(chan struct{})}
-	if p.io, err = openIO(ctx, t.machine, r.ID, t.namespace, r.Stdin, r.Stdout, r.Stderr, r.Terminal); err != nil {
-		return nil, errgrpc.ToGRPC(t.agentErr(err))
+	if p.io, err = openIO(ctx, sb.machine, r.ID, sb.namespace, r.Stdin, r.Stdout, r.Stderr, r.Terminal); err != nil {
+		return nil, errgrpc.ToGRPC(sb.agentErr(err))
 	}
-	_, err = t.agent.Exec(ctx, &taskAPI.ExecProcessRequest{
+	_, err = sb.agent.Exec(ctx, &taskAPI.ExecProcessRequest{
 		ID: r.ID, ExecID: r.ExecID, Terminal: r.Terminal, Spec: r.Spec,
 		Stdin: p.io.ids[0], Stdout: p.io.ids[1], Stderr: p.io.ids[2],
 	})
 	if err != nil {
 		p.io.close()
-		return nil, errgrpc.ToGRPC(t.agentErr(err))
+		return nil, errgrpc.ToGRPC(sb.agentErr(err))
 	}
-	t.mu.Lock()
-	t.procs[r.ExecID] = p
-	t.mu.Unlock()
+	c.mu.Lock()
+	c.procs[r.ExecID] = p
+	c.mu.Unlock()
 	return &emptypb.Empty{}, nil
 }
 
 func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
-	t, p, err := s.taskProcess(r.ID, r.ExecID)
+	c, p, err := s.taskProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	sb := c.sb
 	var resp *taskAPI.StateResponse
-	if !t.vmDead() {
-		resp, err = t.agent.State(ctx, r)
-		if err != nil && !t.vmDead() {
-			return nil, errgrpc.ToGRPC(t.agentErr(err))
+	if !sb.vmDead() {
+		resp, err = sb.agent.State(ctx, r)
+		if err != nil && !sb.vmDead() {
+			return nil, errgrpc.ToGRPC(sb.agentErr(err))
 		}
 	}
+	host, _ := p.pids()
 	if resp == nil {
 		status, at := p.result()
-		resp = &taskAPI.StateResponse{ID: r.ID, ExecID: r.ExecID, Pid: p.pid, Status: task.Status_STOPPED, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}
+		resp = &taskAPI.StateResponse{ID: r.ID, ExecID: r.ExecID, Pid: host, Status: task.Status_STOPPED, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}
 		if r.ExecID != "" {
 			resp.ID = r.ExecID
 		}
 	}
 	// The host's view of the pid and the paths.
-	if host, _ := p.pids(); host != 0 {
+	if host != 0 {
 		resp.Pid = host
 	}
-	resp.Bundle = t.bundle
+	resp.Bundle = c.bundle
 	resp.Stdin, resp.Stdout, resp.Stderr, resp.Terminal = p.stdin, p.stdout, p.stderr, p.terminal
 	return resp, nil
 }
 
 func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
-	t, p, err := s.taskProcess(r.ID, r.ExecID)
+	c, p, err := s.taskProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	sb := c.sb
 	type result struct {
 		resp *taskAPI.WaitResponse
 		err  error
 	}
 	agentc := make(chan result, 1)
 	go func() {
-		resp, err := t.agent.Wait(ctx, r)
+		resp, err := sb.agent.Wait(ctx, r)
 		agentc <- result{resp, err}
 	}()
 	select {
@@ -846,8 +651,8 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 			cancel()
 			p.exit(res.resp.ExitStatus, protobuf.FromTimestamp(res.resp.ExitedAt))
 		} else if !p.hasExited() {
-			if !t.vmDead() {
-				return nil, errgrpc.ToGRPC(t.agentErr(res.err))
+			if !sb.vmDead() {
+				return nil, errgrpc.ToGRPC(sb.agentErr(res.err))
 			}
 			// The VM died: watchVM records the exit at once.
 			select {
@@ -864,36 +669,40 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	return &taskAPI.WaitResponse{ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 }
 
+// Delete of a container's init removes it from the VM; the VM ends with
+// the last container.
 func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
-	t, p, err := s.taskProcess(r.ID, r.ExecID)
+	c, p, err := s.taskProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	sb := c.sb
 	if r.ExecID != "" {
-		if !t.vmDead() {
-			if _, err := t.agent.Delete(ctx, r); err != nil && !t.vmDead() {
-				return nil, errgrpc.ToGRPC(t.agentErr(err))
+		if !sb.vmDead() {
+			if _, err := sb.agent.Delete(ctx, r); err != nil && !sb.vmDead() {
+				return nil, errgrpc.ToGRPC(sb.agentErr(err))
 			}
 		}
 		p.io.close()
-		t.mu.Lock()
-		delete(t.procs, r.ExecID)
-		t.mu.Unlock()
+		c.mu.Lock()
+		delete(c.procs, r.ExecID)
+		c.mu.Unlock()
 		status, at := p.result()
-		return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+		pid, _ := p.pids()
+		return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
 
 	s.lifecycle.Lock()
 	defer s.lifecycle.Unlock()
-	if !t.vmDead() {
-		resp, err := t.agent.Delete(ctx, r)
-		if err != nil && !t.vmDead() {
-			return nil, errgrpc.ToGRPC(t.agentErr(err))
+	if !sb.vmDead() {
+		resp, err := sb.agent.Delete(ctx, r)
+		if err != nil && !sb.vmDead() {
+			return nil, errgrpc.ToGRPC(sb.agentErr(err))
 		}
 		if resp != nil {
 			p.exit(resp.ExitStatus, protobuf.FromTimestamp(resp.ExitedAt))
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
-			_, _ = t.bundles.Remove(sctx, &agentapi.RemoveBundleRequest{Id: t.id})
+			_, _ = sb.bundles.Remove(sctx, &agentapi.RemoveBundleRequest{Id: c.id})
 			cancel()
 		}
 	}
@@ -901,19 +710,33 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		// Deleted without having exited: only a dead VM gets here.
 		p.exit(vmDeadStatus, time.Now())
 	}
-	t.stop(ctx)
 	s.mu.Lock()
-	s.t = nil
+	delete(s.containers, c.id)
+	last := true
+	for _, o := range s.containers {
+		if o.sb == sb {
+			last = false
+		}
+	}
+	if last && s.sb == sb {
+		s.sb = nil
+	}
 	s.mu.Unlock()
+	if last {
+		sb.stop(ctx, c)
+	} else {
+		c.cleanup(ctx)
+	}
 	status, at := p.result()
+	pid, _ := p.pids()
 	s.publish(ctx, runtime.TaskDeleteEventTopic, &eventstypes.TaskDelete{
-		ContainerID: t.id,
-		ID:          t.id,
-		Pid:         p.pid,
+		ContainerID: c.id,
+		ID:          c.id,
+		Pid:         pid,
 		ExitStatus:  status,
 		ExitedAt:    protobuf.ToTimestamp(at),
 	})
-	return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+	return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 }
 
 // Pids lists the guest's processes of the task, the init process under the
@@ -979,18 +802,17 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 
 func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
 	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: Version}
-	if t, err := s.task(r.ID); err == nil {
-		if p, err := t.process(""); err == nil {
-			resp.TaskPid = p.pid
-		}
+	if c, err := s.task(r.ID); err == nil {
+		resp.TaskPid, _ = c.initPids()
 	}
 	return resp, nil
 }
 
-// Shutdown ends the shim once its task is deleted, as the runc shim does.
+// Shutdown ends the shim once its last container is deleted, as the runc
+// shim does.
 func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
-	live := s.t != nil
+	live := len(s.containers) > 0
 	s.mu.Unlock()
 	if !live {
 		s.sd.Shutdown()

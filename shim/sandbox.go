@@ -1,0 +1,232 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
+	"github.com/vz-shim/containerd-shim-vz/vm"
+)
+
+// sandbox is the VM the shim's containers run in, and what they share: the
+// agent connection, the network, the console, the clock and the events. It
+// is booted by the first container (a pod's sandbox container, or the one
+// task of an ungrouped shim) and ends with the last.
+type sandbox struct {
+	// id, bundle and namespace are those of the container that booted it;
+	// the VM's state lives in that bundle.
+	id, bundle, namespace string
+	backend               string
+	machine               vm.Machine
+	client                *ttrpc.Client
+	agent                 taskAPI.TTRPCTaskService
+	bundles               agentapi.BundleService
+	sys                   agentapi.SystemService
+	console               string
+	keepConsole           bool
+	net                   *taskNet
+	forwarder             *portForwarder // nil without forward_ports
+
+	mu         sync.Mutex
+	stopped    bool // the VM was stopped on purpose
+	containers int  // how many joined, for their disk ids
+}
+
+// vmDead reports whether the VM is gone.
+func (sb *sandbox) vmDead() bool {
+	select {
+	case <-sb.machine.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// agentErr turns an agent error back into its errdefs class; a dead VM
+// means the process is gone.
+func (sb *sandbox) agentErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if sb.vmDead() {
+		return fmt.Errorf("the task's VM is gone (%v): %w", sb.machine.Err(), errdefs.ErrNotFound)
+	}
+	return errgrpc.ToNative(err)
+}
+
+// vmmPid is the VMM's host pid, 0 when the VM runs in the shim (VZ).
+func (sb *sandbox) vmmPid() uint32 {
+	if p := sb.machine.Pid(); p > 0 {
+		return uint32(p)
+	}
+	return 0
+}
+
+// boot starts the VM of the first container c. A VMM that can run before
+// its guest (vm.Launcher) is launched first: the prestart and createRuntime
+// hooks see its pid, in the VM's network namespace, and the NICs of what
+// they made there are added before the guest boots. Then it waits for the
+// agent and sets the guest up.
+func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *agentapi.SetupRequest) error {
+	start := time.Now()
+	if l, ok := sb.machine.(vm.Launcher); ok {
+		if err := l.Launch(ctx); err != nil {
+			return fmt.Errorf("starting the VM: %w", err)
+		}
+		if err := c.runCreateHooks(ctx); err != nil {
+			return err
+		}
+		if err := sb.net.plug(ctx, l); err != nil {
+			return fmt.Errorf("network: %w", err)
+		}
+		if err := l.Start(ctx); err != nil {
+			return fmt.Errorf("starting the VM: %w", err)
+		}
+	} else {
+		if c.hooks.setsUpNetwork() {
+			return fmt.Errorf("prestart and createRuntime hooks need a VMM process on the host, which this backend has not: %w", errdefs.ErrInvalidArgument)
+		}
+		if err := sb.machine.Start(ctx); err != nil {
+			return fmt.Errorf("starting the VM: %w", err)
+		}
+	}
+	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(opts.BootTimeout)*time.Second)
+	conn, err := vm.DialRetry(bootCtx, sb.machine, agentapi.PortControl)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("waiting for the agent: %w%s", err, consoleTail(sb.console))
+	}
+	sb.client = ttrpc.NewClient(conn)
+	sb.agent = taskAPI.NewTTRPCTaskClient(sb.client)
+	sb.bundles = agentapi.NewBundleClient(sb.client)
+	sb.sys = agentapi.NewSystemClient(sb.client)
+	log.G(ctx).WithField("boot", time.Since(start)).Info("agent ready")
+
+	setup.Network = sb.net.guest()
+	if setup.ForwardPorts {
+		sb.forwarder = newPortForwarder(sb.machine)
+	}
+	if _, err := sb.sys.Setup(ctx, setup); err != nil {
+		return fmt.Errorf("setting up the guest: %w", errgrpc.ToNative(err))
+	}
+	return nil
+}
+
+// mapNamespace is the nsMapper of the containers that join the sandbox:
+// CRI names its pod's namespaces by the sandbox task's pid, the VMM's
+// (container.hostPid), as /proc/<pid>/ns/<type>; in the guest they are the
+// namespaces of the first container's init process.
+func (sb *sandbox) mapNamespace(first *container) nsMapper {
+	return func(typ specs.LinuxNamespaceType, path string) (string, error) {
+		host, guest := first.initPids()
+		if host == 0 || guest == 0 {
+			return "", nil
+		}
+		want := filepath.Join("/proc", strconv.Itoa(int(host)), "ns")
+		name, ok := nsFiles[typ]
+		if !ok || filepath.Dir(filepath.Clean(path)) != want || filepath.Base(path) != name {
+			return "", nil
+		}
+		return filepath.Join("/proc", strconv.Itoa(int(guest)), "ns", name), nil
+	}
+}
+
+// nsFiles are the files of /proc/<pid>/ns/ a container may join.
+var nsFiles = map[specs.LinuxNamespaceType]string{
+	specs.IPCNamespace:    "ipc",
+	specs.UTSNamespace:    "uts",
+	specs.PIDNamespace:    "pid",
+	specs.MountNamespace:  "mnt",
+	specs.CgroupNamespace: "cgroup",
+	specs.UserNamespace:   "user",
+}
+
+// syncClock steps the guest clock to the host's now and then: a VM's clock
+// falls behind while the host sleeps or the VM is paused, and the guest
+// has no time source of its own to catch up from.
+func (sb *sandbox) syncClock() {
+	tick := time.NewTicker(clockSyncInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-sb.machine.Done():
+			return
+		case <-tick.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if _, err := sb.sys.SetTime(ctx, &agentapi.SetTimeRequest{Time: protobuf.ToTimestamp(time.Now())}); err != nil && !sb.vmDead() {
+				log.G(ctx).WithError(err).WithField("id", sb.id).Debug("setting the guest clock")
+			}
+			cancel()
+		}
+	}
+}
+
+// stop ends the VM: the agent is asked to power off, then the VM is
+// stopped, then everything the shim made for it is removed. hooks are the
+// last container's poststop hooks, run once the VM is gone.
+func (sb *sandbox) stop(ctx context.Context, last *container) {
+	sb.mu.Lock()
+	sb.stopped = true
+	sb.mu.Unlock()
+	if sb.client != nil {
+		if !sb.vmDead() {
+			// The agent syncs, unmounts and powers off; forcing the VM
+			// off before that could lose what the containers wrote.
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			_, _ = sb.agent.Shutdown(sctx, &taskAPI.ShutdownRequest{ID: sb.id})
+			cancel()
+			select {
+			case <-sb.machine.Done():
+			case <-time.After(powerOffWait):
+			}
+		}
+		sb.client.Close()
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+	if err := sb.machine.Stop(sctx); err != nil {
+		log.G(ctx).WithError(err).WithField("id", sb.id).Warn("stopping the VM")
+	}
+	cancel()
+	if sb.forwarder != nil {
+		sb.forwarder.close()
+	}
+	if last != nil {
+		last.cleanup(ctx)
+	}
+	if err := sb.net.teardown(ctx); err != nil {
+		log.G(ctx).WithError(err).WithField("id", sb.id).Warn("removing the task's network")
+	}
+	os.RemoveAll(filepath.Join(sb.bundle, "vm"))
+	if !sb.keepConsole {
+		os.Remove(sb.console)
+	}
+}
+
+// isStopped tells whether the VM was stopped on purpose.
+func (sb *sandbox) isStopped() bool {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.stopped
+}
+
+// nextDiskPrefix names the disks of a container that joins: unique in the
+// VM, short enough for a virtio-blk serial.
+func (sb *sandbox) nextDiskPrefix() string {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	sb.containers++
+	return fmt.Sprintf("c%d-rootfs", sb.containers)
+}
