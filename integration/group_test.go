@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,7 +24,11 @@ func TestGroupOneVM(t *testing.T) {
 	h.ctrOK(h.runArgs(append(detached(), group), a, webServer("page-of-a")...)...)
 	qemu := h.findQEMU(a)
 	h.ctrOK(h.runArgs(append(detached(), group, "--with-ns", "pid:/proc/"+itoa(qemu.pid)+"/ns/pid"), b, "sleep", "600")...)
-	h.ctrOK(h.runArgs(append(detached(), group), c, "sleep", "600")...)
+	data := t.TempDir()
+	if err := os.WriteFile(filepath.Join(data, "in"), []byte("from-the-host"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.ctrOK(h.runArgs(append(detached(), group, "--mount", "type=bind,src="+data+",dst=/data,options=rbind:rw"), c, "sleep", "600")...)
 
 	var qemus, shims int
 	for _, p := range h.d.ownedProcs() {
@@ -52,6 +58,14 @@ func TestGroupOneVM(t *testing.T) {
 		t.Error("a sees a file b wrote in its own rootfs")
 	}
 
+	// c's bind mount reaches the running VM through the pod share.
+	if got := h.execOK(c, "read", "cat", "/data/in"); got != "from-the-host" {
+		t.Errorf("c reading its bind mount: %q", got)
+	}
+	h.execOK(c, "write-data", "sh", "-c", "echo from-c > /data/out")
+	if b, err := os.ReadFile(filepath.Join(data, "out")); err != nil || string(b) != "from-c\n" {
+		t.Errorf("the host reading what c wrote: %q, %v", b, err)
+	}
 	if ps := h.execOK(c, "ps", "ps", "-o", "comm"); strings.Contains(ps, "httpd") {
 		t.Errorf("c, with a PID namespace of its own, sees a's processes:\n%s", ps)
 	}
@@ -67,4 +81,8 @@ func TestGroupOneVM(t *testing.T) {
 		t.Errorf("the VM changed: %d, want %d", p.pid, qemu.pid)
 	}
 	h.killAndRemove(c)
+	// Nothing removed a host file through the pod share's bind mounts.
+	if b, err := os.ReadFile(filepath.Join(data, "in")); err != nil || string(b) != "from-the-host" {
+		t.Errorf("the host's bound directory after the group is gone: %q, %v", b, err)
+	}
 }

@@ -55,6 +55,7 @@ func loopbackUp() error {
 // host-local IPAM of the default network).
 const (
 	vzNetState   = "/run/containerd-vz/net"
+	vzPodShares  = "/run/containerd-vz/pod" // shim/podshare_linux.go
 	hostLocalDir = "/var/lib/cni/networks/vz"
 	cniNetworks  = "/var/lib/cni/networks"
 )
@@ -63,10 +64,10 @@ const (
 // state and namespaces, and host-local's IP allocations.
 func netFiles() []string {
 	var files []string
-	for _, dir := range []string{vzNetState, filepath.Join(vzNetState, "ns")} {
+	for _, dir := range []string{vzNetState, filepath.Join(vzNetState, "ns"), vzPodShares} {
 		ents, _ := os.ReadDir(dir)
 		for _, e := range ents {
-			if !e.IsDir() {
+			if !e.IsDir() || dir == vzPodShares {
 				files = append(files, filepath.Join(dir, e.Name()))
 			}
 		}
@@ -90,6 +91,13 @@ func netFiles() []string {
 // CNI made for one container (they name its id).
 func netLeaks(base *baseline) []string {
 	var problems []string
+	if mounts, err := mountsUnder("/run/containerd-vz"); err == nil {
+		for _, m := range mounts {
+			if !strings.HasPrefix(m, filepath.Join(vzNetState, "ns")+"/") || base == nil || !base.netFiles[m] {
+				problems = append(problems, "mount "+m)
+			}
+		}
+	}
 	for _, f := range netFiles() {
 		if base == nil || !base.netFiles[f] {
 			problems = append(problems, "network file "+f)

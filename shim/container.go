@@ -26,6 +26,7 @@ type container struct {
 	hooks      hostHooks
 	hostRootfs string   // the snapshot the shim mounted on the host
 	hotDisks   []string // disks hot-plugged for it (containers that joined)
+	podShared  bool     // its host paths are in the sandbox's pod share
 
 	mu      sync.Mutex
 	procs   map[string]*hostProcess // "" is init
@@ -179,6 +180,11 @@ func (c *container) cleanup(ctx context.Context) {
 				log.G(ctx).WithError(err).WithField("id", c.id).Warn("removing a container's disk from the VM")
 			}
 			cancel()
+		}
+	}
+	if c.podShared {
+		if err := c.sb.pod.remove(c.id); err != nil {
+			log.G(ctx).WithError(err).WithField("id", c.id).Warn("removing the container's host paths from the pod share")
 		}
 	}
 	// After the guest let go: QEMU serves a shared rootfs until then.

@@ -171,6 +171,9 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	if err := cleanupMachine(ctx, filepath.Join(bundle, "vm")); err != nil {
 		log.G(ctx).WithError(err).Warn("stopping a leftover VM")
 	}
+	if err := cleanupPodShare(bundle); err != nil {
+		log.G(ctx).WithError(err).Warn("removing a leftover pod share")
+	}
 	if err := unmountHostRootfs(filepath.Join(bundle, "rootfs")); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting a leftover rootfs")
 	}

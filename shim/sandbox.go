@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -39,6 +40,9 @@ type sandbox struct {
 	keepConsole           bool
 	net                   *taskNet
 	forwarder             *portForwarder // nil without forward_ports
+	// pod is the share of the host paths of the containers that join
+	// the running VM; nil for a VM that no container can join.
+	pod *podShare
 
 	mu         sync.Mutex
 	stopped    bool // the VM was stopped on purpose
@@ -205,6 +209,12 @@ func (sb *sandbox) stop(ctx context.Context, last *container) {
 	}
 	if last != nil {
 		last.cleanup(ctx)
+	}
+	if sb.pod != nil && sb.pod.dir != "" {
+		// Never RemoveAll: a bind mount left there is a host directory.
+		if err := os.Remove(sb.pod.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.G(ctx).WithError(err).WithField("id", sb.id).Warn("removing the pod share")
+		}
 	}
 	if err := sb.net.teardown(ctx); err != nil {
 		log.G(ctx).WithError(err).WithField("id", sb.id).Warn("removing the task's network")

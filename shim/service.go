@@ -222,10 +222,24 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		DiskCaching: opts.DiskCaching,
 		DiskSync:    opts.DiskSync,
 	}
+	var pod *podShare
 	if groupOf(spec) != "" {
-		// Containers of the group join this VM later with disks of
-		// their own.
+		// Containers of the group join this VM later with disks and
+		// host paths of their own.
 		cfg.DiskSlots = groupDiskSlots
+		if pod, err = newPodShare(r.Bundle); err != nil {
+			return nil, err
+		}
+		if pod.dir != "" {
+			defer func() {
+				if retErr != nil {
+					os.Remove(pod.dir)
+				}
+			}()
+			cfg.Shares = append(cfg.Shares, vm.Share{Tag: podShareTag, Path: pod.dir})
+			ps := &agentapi.Share{Tag: podShareTag, Fstype: fstype, Device: shareDevice(opts.Backend)}
+			setupShares = append(setupShares, ps)
+		}
 	}
 	tnet.configure(&cfg)
 	m, err := newMachine(ctx, opts.Backend, cfg)
@@ -241,6 +255,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		console:     console,
 		keepConsole: opts.DebugConsole,
 		net:         tnet,
+		pod:         pod,
 	}
 	c := &container{
 		id:         r.ID,
@@ -303,8 +318,8 @@ func (s *service) join(ctx context.Context, sb *sandbox, r *taskAPI.CreateTaskRe
 	if err != nil {
 		return nil, err
 	}
-	if len(shares) > 0 {
-		return nil, fmt.Errorf("bind mounts of host paths in a container that joins a running VM: %w", errdefs.ErrNotImplemented)
+	if sb.pod == nil {
+		return nil, fmt.Errorf("the VM of task %s takes no containers: %w", sb.id, errdefs.ErrFailedPrecondition)
 	}
 	if hs.netnsPath != "" && (sb.net.sandboxPath() == "" || hs.netnsPath != sb.net.sandboxPath()) {
 		return nil, fmt.Errorf("joining the network namespace at %s: the VM runs in %q: %w", hs.netnsPath, sb.net.sandboxPath(), errdefs.ErrInvalidArgument)
@@ -313,6 +328,7 @@ func (s *service) join(ctx context.Context, sb *sandbox, r *taskAPI.CreateTaskRe
 		return nil, fmt.Errorf("net.* sysctls %v in a container that joins a running VM: the VM's network is set up: %w", hs.sysctls, errdefs.ErrInvalidArgument)
 	}
 	networkSpec(spec, sb.net.hasNetwork())
+	redirectShares(spec, r.ID, shares)
 	config, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err
@@ -321,27 +337,34 @@ func (s *service) join(ctx context.Context, sb *sandbox, r *taskAPI.CreateTaskRe
 	if err != nil {
 		return nil, err
 	}
-	if rootfs.share != nil {
-		_ = unmountHostRootfs(rootfs.hostMounted)
-		return nil, fmt.Errorf("a directory rootfs in a container that joins a running VM (use block images: the vz or blockfile snapshotter): %w", errdefs.ErrNotImplemented)
-	}
-	hp, ok := sb.machine.(vm.DiskHotplugger)
-	if !ok && len(rootfs.disks) > 0 {
-		return nil, fmt.Errorf("this backend cannot add disks to a running VM: %w", errdefs.ErrNotImplemented)
-	}
 	c := &container{
-		id:     r.ID,
-		bundle: r.Bundle,
-		sb:     sb,
-		spec:   spec,
-		hooks:  hs.hooks,
-		procs:  make(map[string]*hostProcess),
+		id:         r.ID,
+		bundle:     r.Bundle,
+		sb:         sb,
+		spec:       spec,
+		hooks:      hs.hooks,
+		hostRootfs: rootfs.hostMounted,
+		procs:      make(map[string]*hostProcess),
 	}
 	defer func() {
 		if retErr != nil {
 			c.cleanup(context.WithoutCancel(ctx))
 		}
 	}()
+	if rootfs.share != nil {
+		shares = append(shares, *rootfs.share)
+		redirectRootfs(rootfs.guest, r.ID)
+	}
+	if len(shares) > 0 {
+		c.podShared = true
+		if err := sb.pod.add(r.ID, shares); err != nil {
+			return nil, err
+		}
+	}
+	hp, ok := sb.machine.(vm.DiskHotplugger)
+	if !ok && len(rootfs.disks) > 0 {
+		return nil, fmt.Errorf("this backend cannot add disks to a running VM: %w", errdefs.ErrNotImplemented)
+	}
 	for _, d := range rootfs.disks {
 		if err := hp.AddDisk(ctx, d); err != nil {
 			return nil, fmt.Errorf("adding the rootfs to the VM: %w", err)
