@@ -17,6 +17,7 @@
 #                (needs root)
 #   bench        benchmarks: numbers side by side, no assertions (needs root)
 #   clean        remove _output/
+#   crictl       crictl v1.37.0 from the module proxy into _output/crictl/bin/
 #   nerdctl      nerdctl v2.2.1 from ../shared/third_party into _output/nerdctl/bin/
 #   cni          the CNI plugins of the default network into _output/cni/bin/
 #   containerd   containerd 2.4.x's containerd, ctr and containerd-shim-runc-v2 (the versions in
@@ -103,6 +104,7 @@ test:
 	@$(MAKE) --no-print-directory containerd
 	@$(MAKE) --no-print-directory cni
 	@$(MAKE) --no-print-directory nerdctl
+	@$(MAKE) --no-print-directory crictl
 	@$(MAKE) --no-print-directory guest ARCH=$(HOSTARCH)
 	@$(MAKE) --no-print-directory guest ARCH=arm64
 	@hack/test.sh
@@ -163,10 +165,15 @@ $(CNI_BINS) &: go.mod go.sum
 nerdctl:
 	@hack/nerdctl.sh
 
+# crictl v1.37.0 from the module proxy (hack/crictl.sh) into _output/crictl/bin/, for the CRI tests.
+.PHONY: crictl
+crictl:
+	@hack/crictl.sh
+
 # The integration tests alone, with the summary of hack/test.sh:
 #   make integration TESTFLAGS='-run TestRunEcho/runc'
 .PHONY: integration
-integration: containerd cni nerdctl
+integration: containerd cni nerdctl crictl
 	@PKGS=./integration/ hack/test.sh
 
 # The guest kernel and initramfs (DESIGN.md §5, §7; hack/guest.sh):

@@ -321,7 +321,7 @@ func (s *service) join(ctx context.Context, sb *sandbox, r *taskAPI.CreateTaskRe
 	if sb.pod == nil {
 		return nil, fmt.Errorf("the VM of task %s takes no containers: %w", sb.id, errdefs.ErrFailedPrecondition)
 	}
-	if hs.netnsPath != "" && (sb.net.sandboxPath() == "" || hs.netnsPath != sb.net.sandboxPath()) {
+	if hs.netnsPath != "" && !sameFile(hs.netnsPath, sb.net.sandboxPath()) {
 		return nil, fmt.Errorf("joining the network namespace at %s: the VM runs in %q: %w", hs.netnsPath, sb.net.sandboxPath(), errdefs.ErrInvalidArgument)
 	}
 	if len(hs.sysctls) > 0 {
@@ -378,6 +378,20 @@ func (s *service) join(ctx context.Context, sb *sandbox, r *taskAPI.CreateTaskRe
 		return nil, err
 	}
 	return c, nil
+}
+
+// sameFile tells whether the paths name one file (two paths of one network
+// namespace: CRI names the pod's as /proc/<sandbox pid>/ns/net).
+func sameFile(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
 }
 
 // createInGuest delivers the container's bundle to the agent, opens its

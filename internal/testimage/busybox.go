@@ -38,6 +38,16 @@ func WriteBusybox(out, busybox, name string) error {
 // static busybox of that architecture. One of another architecture cannot run here to list its
 // applets, so their names are read from the binary and each is linked in /bin.
 func WriteBusyboxArch(out, busybox, name, arch string) error {
+	return writeBusybox(out, busybox, name, arch, []string{"sh"})
+}
+
+// WriteBusyboxCmd is WriteBusybox with cmd as the image's command (a pod's sandbox image wants
+// one that runs until it is stopped).
+func WriteBusyboxCmd(out, busybox, name string, cmd []string) error {
+	return writeBusybox(out, busybox, name, runtime.GOARCH, cmd)
+}
+
+func writeBusybox(out, busybox, name, arch string, cmd []string) error {
 	if err := checkArch(busybox, arch); err != nil {
 		return err
 	}
@@ -70,7 +80,7 @@ func WriteBusyboxArch(out, busybox, name, arch string) error {
 		Platform: platform,
 		Config: ocispec.ImageConfig{
 			Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			Cmd: []string{"sh"},
+			Cmd: cmd,
 		},
 		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(layer)}},
 		History: []ocispec.History{{
