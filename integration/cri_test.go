@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -193,9 +194,14 @@ func TestCRIPod(t *testing.T) {
 				"metadata":      map[string]any{"name": "vzpod-" + handler, "namespace": "default", "uid": "uid-" + handler, "attempt": 1},
 				"hostname":      "vzpod-host",
 				"log_directory": filepath.Join(d.dir, "logs"),
-				"linux": map[string]any{"security_context": map[string]any{
-					"namespace_options": map[string]any{"pid": 0}, // POD: one PID namespace
-				}},
+				"linux": map[string]any{
+					"security_context": map[string]any{
+						"namespace_options": map[string]any{"pid": 0}, // POD: one PID namespace
+					},
+					// Pod-level resources: the VM is sized from them (256 MiB + the
+					// shim's 128 MiB of overhead, 1.5 CPUs rounded up).
+					"resources": map[string]any{"memory_limit_in_bytes": 256 << 20, "cpu_quota": 150000, "cpu_period": 100000},
+				},
 			})
 			web := writeJSON(t, filepath.Join(dir, "web.json"), map[string]any{
 				"metadata": map[string]any{"name": "web"},
@@ -229,6 +235,11 @@ func TestCRIPod(t *testing.T) {
 				}
 				if qemus != 1 {
 					t.Errorf("%d QEMU processes for the pod, want 1", qemus)
+				}
+				for _, p := range d.ownedProcs() {
+					if p.isQEMU() && (!strings.Contains(p.cmdline, " -m 384M ") || !strings.Contains(p.cmdline, " -smp 2 ")) {
+						t.Errorf("the pod's VM is not sized from the pod's resources (-m 384M -smp 2): %s", p.cmdline)
+					}
 				}
 			}
 			var got string
@@ -268,6 +279,10 @@ func TestCRIPod(t *testing.T) {
 			if ps := crictl(t, d, "exec", "-s", clientID, "ps", "-o", "comm"); !strings.Contains(ps, "httpd") {
 				t.Errorf("the pod's PID namespace: client sees\n%s", ps)
 			}
+			if handler == "vz" {
+				mem := crictl(t, d, "exec", "-s", clientID, "cat", "/proc/meminfo")
+				t.Logf("guest memory with two idle containers: %s", guestMemUsed(mem))
+			}
 			if l := crictl(t, d, "logs", webID); !strings.Contains(l, "web-started") {
 				t.Errorf("crictl logs: %q", l)
 			}
@@ -289,3 +304,16 @@ func TestCRIPod(t *testing.T) {
 }
 
 func goarch() string { return runtime.GOARCH }
+
+// guestMemUsed is MemTotal - MemAvailable of a /proc/meminfo, as text.
+func guestMemUsed(meminfo string) string {
+	kb := map[string]int{}
+	for _, line := range strings.Split(meminfo, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 {
+			v, _ := strconv.Atoi(f[1])
+			kb[strings.TrimSuffix(f[0], ":")] = v
+		}
+	}
+	return fmt.Sprintf("%d MiB used of %d MiB (MemTotal - MemAvailable)", (kb["MemTotal"]-kb["MemAvailable"])/1024, kb["MemTotal"]/1024)
+}

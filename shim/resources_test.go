@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"strconv"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -32,5 +33,29 @@ func TestVMSize(t *testing.T) {
 		if got := cpusetCount(s); got != want {
 			t.Errorf("cpusetCount(%q) = %d, want %d", s, got, want)
 		}
+	}
+}
+
+func TestPodSize(t *testing.T) {
+	limit := int64(1 << 30)
+	spec := &specs.Spec{
+		Annotations: map[string]string{
+			annSandboxMemory:    strconv.Itoa(256 << 20),
+			annSandboxCPUQuota:  "150000",
+			annSandboxCPUPeriod: "100000",
+		},
+		// The pod's resources win over a container's own.
+		Linux: &specs.Linux{Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}},
+	}
+	if cpus, mem := vmSize(spec, 2, 512); cpus != 2 || mem != 256+vmOverheadMiB {
+		t.Errorf("pod of 1.5 CPUs and 256 MiB: %d CPUs, %d MiB; want 2 and %d", cpus, mem, 256+vmOverheadMiB)
+	}
+	spec.Annotations = map[string]string{annSandboxMemory: strconv.Itoa(100<<20 + 1)}
+	if cpus, mem := vmSize(spec, 3, 512); cpus != 3 || mem != 101+vmOverheadMiB {
+		t.Errorf("memory only: %d CPUs, %d MiB", cpus, mem)
+	}
+	spec.Annotations = map[string]string{annSandboxMemory: "0", annSandboxCPUQuota: "-1", annSandboxCPUPeriod: "100000"}
+	if cpus, mem := vmSize(spec, 3, 512); cpus != 3 || mem != 1024+vmOverheadMiB {
+		t.Errorf("no pod limits: %d CPUs, %d MiB; want the container's", cpus, mem)
 	}
 }
