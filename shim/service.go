@@ -257,15 +257,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		net:         tnet,
 		pod:         pod,
 	}
-	c := &container{
-		id:         r.ID,
-		bundle:     r.Bundle,
-		sb:         sb,
-		spec:       spec,
-		hooks:      hs.hooks,
-		hostRootfs: rootfs.hostMounted,
-		procs:      make(map[string]*hostProcess),
-	}
+	c := newContainer(r, sb, spec, hs, rootfs)
 	defer func() {
 		if retErr != nil {
 			sb.stop(ctx, c)
@@ -337,15 +329,7 @@ func (s *service) join(ctx context.Context, sb *sandbox, r *taskAPI.CreateTaskRe
 	if err != nil {
 		return nil, err
 	}
-	c := &container{
-		id:         r.ID,
-		bundle:     r.Bundle,
-		sb:         sb,
-		spec:       spec,
-		hooks:      hs.hooks,
-		hostRootfs: rootfs.hostMounted,
-		procs:      make(map[string]*hostProcess),
-	}
+	c := newContainer(r, sb, spec, hs, rootfs)
 	defer func() {
 		if retErr != nil {
 			c.cleanup(context.WithoutCancel(ctx))
@@ -378,6 +362,18 @@ func (s *service) join(ctx context.Context, sb *sandbox, r *taskAPI.CreateTaskRe
 		return nil, err
 	}
 	return c, nil
+}
+
+func newContainer(r *taskAPI.CreateTaskRequest, sb *sandbox, spec *specs.Spec, hs hostSpec, rootfs *rootfsPlan) *container {
+	return &container{
+		id:         r.ID,
+		bundle:     r.Bundle,
+		sb:         sb,
+		spec:       spec,
+		hooks:      hs.hooks,
+		hostRootfs: rootfs.hostMounted,
+		procs:      make(map[string]*hostProcess),
+	}
 }
 
 // sameFile tells whether the paths name one file (two paths of one network
