@@ -179,8 +179,9 @@ func (sb *sandbox) syncClock() {
 }
 
 // stop ends the VM: the agent is asked to power off, then the VM is
-// stopped, then everything the shim made for it is removed. hooks are the
-// last container's poststop hooks, run once the VM is gone.
+// stopped, then everything the shim made for it is removed. last, the
+// container deleted last, is cleaned up (stdio, rootfs, poststop hooks) once
+// the VM is gone.
 func (sb *sandbox) stop(ctx context.Context, last *container) {
 	sb.mu.Lock()
 	sb.stopped = true
