@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
 	"github.com/vz-shim/containerd-shim-vz/network"
@@ -70,10 +71,24 @@ func TestVMLaunchInNetNSAddNIC(t *testing.T) {
 	if err := m.Launch(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want, _ := os.Readlink("/proc/self/ns/net")
-	got, err := os.Readlink(filepath.Join("/proc", itoa(m.Pid()), "ns", "net"))
-	if err != nil || got == want {
-		t.Errorf("QEMU's network namespace %q (%v): want the configured one, not the test's %q", got, err, want)
+	// Compare inodes: readlink of a bind-mounted namespace file is no use.
+	var want, got, self unix.Stat_t
+	if err := unix.Stat(ns.GetPath(), &want); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(filepath.Join("/proc", itoa(m.Pid()), "ns", "net"), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Ino != want.Ino || got.Dev != want.Dev {
+		t.Errorf("QEMU's network namespace is inode %d, want the configured one, %d", got.Ino, want.Ino)
+	}
+	// The thread that forked QEMU went back: the whole process, main thread included, stays
+	// where it was.
+	tasks, _ := filepath.Glob("/proc/self/task/*/ns/net")
+	for _, task := range tasks {
+		if err := unix.Stat(task, &self); err == nil && self.Ino == want.Ino {
+			t.Errorf("%s is still in the VM's network namespace", task)
+		}
 	}
 	if err := m.AddNIC(ctx, nic); err != nil {
 		t.Fatalf("AddNIC: %v", err)

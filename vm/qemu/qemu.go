@@ -378,20 +378,33 @@ func (m *Machine) startError(err error) error {
 // thread, which no other goroutine can then use or retire, until QEMU
 // has exited.
 //
-// With a network namespace the thread enters it first, so that QEMU is
-// born there; that thread is never unlocked and so dies with the
-// goroutine instead of going back to the runtime in a foreign namespace.
+// With a network namespace the thread enters it just for the fork, so that
+// QEMU is born there, and goes back at once: the thread may be the
+// process's main one, which the runtime never retires, and /proc/<pid>/ns
+// shows that thread's namespace. A thread that cannot go back is never
+// unlocked, so it dies with the goroutine.
 func (m *Machine) run(cmd *exec.Cmd, started chan<- error) {
 	runtime.LockOSThread()
 	if m.cfg.NetNS == "" {
 		defer runtime.UnlockOSThread()
-	} else if err := enterNetNS(m.cfg.NetNS); err != nil {
-		started <- err
-		return
-	}
-	if err := cmd.Start(); err != nil {
-		started <- err
-		return
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+	} else {
+		back, err := enterNetNS(m.cfg.NetNS)
+		if err != nil {
+			started <- err
+			return
+		}
+		err = cmd.Start()
+		if back() == nil {
+			defer runtime.UnlockOSThread()
+		}
+		if err != nil {
+			started <- err
+			return
+		}
 	}
 	started <- nil
 	waitErr := cmd.Wait()
@@ -650,17 +663,27 @@ func (m *Machine) Pid() int {
 	return m.cmd.Process.Pid
 }
 
-// enterNetNS moves the calling thread into the network namespace at path.
-func enterNetNS(path string) error {
+// enterNetNS moves the calling thread into the network namespace at path;
+// back returns it to the one it was in.
+func enterNetNS(path string) (back func() error, err error) {
+	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("own network namespace: %w", err)
+	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("network namespace: %w", err)
+		unix.Close(orig)
+		return nil, fmt.Errorf("network namespace: %w", err)
 	}
 	defer unix.Close(fd)
 	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("entering network namespace %s: %w", path, err)
+		unix.Close(orig)
+		return nil, fmt.Errorf("entering network namespace %s: %w", path, err)
 	}
-	return nil
+	return func() error {
+		defer unix.Close(orig)
+		return unix.Setns(orig, unix.CLONE_NEWNET)
+	}, nil
 }
 
 // socketPair returns our end of a unix stream socketpair as a net.Conn and
