@@ -17,7 +17,7 @@
 #                (needs root)
 #   bench        benchmarks: numbers side by side, no assertions (needs root)
 #   clean        remove _output/
-#   crictl       crictl v1.37.0 from the module proxy into _output/crictl/bin/
+#   crictl       crictl and critest v1.37.0 (and ginkgo) from the module proxy into _output/crictl/bin/
 #   nerdctl      nerdctl v2.2.1 from ../shared/third_party into _output/nerdctl/bin/
 #   cni          the CNI plugins of the default network into _output/cni/bin/
 #   containerd   containerd 2.4.x's containerd, ctr and containerd-shim-runc-v2 (the versions in
@@ -165,7 +165,8 @@ $(CNI_BINS) &: go.mod go.sum
 nerdctl:
 	@hack/nerdctl.sh
 
-# crictl v1.37.0 from the module proxy (hack/crictl.sh) into _output/crictl/bin/, for the CRI tests.
+# crictl and critest v1.37.0 and the ginkgo CLI from the module proxy (hack/crictl.sh) into
+# _output/crictl/bin/, for the CRI tests and critest.
 .PHONY: crictl
 crictl:
 	@hack/crictl.sh
@@ -262,4 +263,5 @@ install:
 		echo "install $${d}kernel $${d}initrd $$dest/"; \
 		install -d "$$dest"; \
 		install -m 0644 "$$d/kernel" "$$d/initrd" "$$dest/"; \
+		if [ -f "$$d/runc-features.json" ]; then install -m 0644 "$$d/runc-features.json" "$$dest/"; fi; \
 	done

@@ -260,7 +260,7 @@ func (c *container) mountRootfs() error {
 			}
 		}
 	}
-	mounts, err := resolveDisks("/sys/block", c.mounts)
+	mounts, err := resolveDisks("/sys/block", "/dev", c.mounts)
 	if err != nil {
 		return err
 	}

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"debug/elf"
 	"fmt"
+	"maps"
 	"os"
 	"path"
+	"slices"
 
+	"github.com/vz-shim/containerd-shim-vz/api/modgroups"
 	"github.com/vz-shim/containerd-shim-vz/guest/kmod"
 )
 
@@ -30,6 +33,9 @@ type Config struct {
 	// Modules are the modules to include, with their dependencies; nil
 	// means the package's Modules.
 	Modules []string
+	// Optional are groups of modules included but loaded only on request
+	// (api/modgroups); nil means the package's OptionalModules.
+	Optional map[string][]string
 	// ModTime is the mtime of every initramfs entry (SOURCE_DATE_EPOCH).
 	ModTime int64
 }
@@ -50,6 +56,14 @@ func Build(cfg Config) (*Image, error) {
 	if names == nil {
 		names = Modules
 	}
+	optional := cfg.Optional
+	if optional == nil {
+		optional = OptionalModules
+	}
+	names = slices.Clone(names)
+	for _, g := range slices.Sorted(maps.Keys(optional)) {
+		names = append(names, optional[g]...)
+	}
 	agent, err := readStatic(cfg.Agent, cfg.Arch)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -62,7 +76,7 @@ func Build(cfg Config) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	fs, err := Layout(k, agent, runc)
+	fs, err := Layout(k, agent, runc, optional)
 	if err != nil {
 		return nil, err
 	}
@@ -76,10 +90,11 @@ func Build(cfg Config) (*Image, error) {
 }
 
 // Layout returns the initramfs of a guest: the agent as /init, runc, the
-// kernel's modules with a modules.dep of just those, the device nodes the
-// Go runtime needs before devtmpfs is mounted, and empty mountpoints.
-// Nothing else: no shell, no libraries.
-func Layout(k *Kernel, agent, runc []byte) (*Initramfs, error) {
+// kernel's modules with a modules.dep of just those and the groups of
+// optional ones (modgroups.File), the device nodes the Go runtime needs
+// before devtmpfs is mounted, and empty mountpoints. Nothing else: no
+// shell, no libraries.
+func Layout(k *Kernel, agent, runc []byte, optional map[string][]string) (*Initramfs, error) {
 	fs := &Initramfs{}
 	for _, d := range baseDirs {
 		perm := uint32(0o755)
@@ -118,6 +133,15 @@ func Layout(k *Kernel, agent, runc []byte) (*Initramfs, error) {
 	}
 	if err := fs.AddFile(path.Join(modDir, "modules.dep"), 0o644, dep.Bytes()); err != nil {
 		return nil, err
+	}
+	if len(optional) > 0 {
+		var groups bytes.Buffer
+		if err := modgroups.Write(&groups, optional); err != nil {
+			return nil, err
+		}
+		if err := fs.AddFile(path.Join(modDir, modgroups.File), 0o644, groups.Bytes()); err != nil {
+			return nil, err
+		}
 	}
 	return fs, nil
 }

@@ -267,7 +267,11 @@ func buildFake(t *testing.T, deb string) *Image {
 	runc := filepath.Join(dir, "runc")
 	os.WriteFile(agent, fake.ELF(elf.EM_X86_64, map[string][]byte{".text": []byte("agent")}, false), 0o755)
 	os.WriteFile(runc, fake.ELF(elf.EM_X86_64, map[string][]byte{".text": []byte("runc")}, false), 0o755)
-	img, err := Build(Config{Arch: "amd64", KernelDeb: deb, Agent: agent, Runc: runc, Modules: wanted, ModTime: 1700000000})
+	// lonely is an optional module: in the image, and named in modules.optional.
+	img, err := Build(Config{
+		Arch: "amd64", KernelDeb: deb, Agent: agent, Runc: runc, ModTime: 1700000000,
+		Modules: []string{"virtio_net", "zmod", "overlay"}, Optional: map[string][]string{"extra": {"lonely"}},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,6 +320,7 @@ func TestBuild(t *testing.T) {
 		{md + "/kernel/fs/lonely.ko", reg, int64(len(modLonely)), 0, 0},
 		{md + "/kernel/fs/zmod.ko.xz", reg, int64(len(data[md+"/kernel/fs/zmod.ko.xz"])), 0, 0},
 		{md + "/modules.dep", reg, int64(len(data[md+"/modules.dep"])), 0, 0},
+		{md + "/modules.optional", reg, int64(len("extra: lonely\n")), 0, 0},
 		{"mnt", dir, 0, 0, 0},
 		{"proc", dir, 0, 0, 0},
 		{"run", dir, 0, 0, 0},
@@ -327,6 +332,9 @@ func TestBuild(t *testing.T) {
 	}
 	if !reflect.DeepEqual(entries, want) {
 		t.Errorf("initramfs entries:\n got %v\nwant %v", entries, want)
+	}
+	if got := string(data[md+"/modules.optional"]); got != "extra: lonely\n" {
+		t.Errorf("modules.optional: %q", got)
 	}
 	if !bytes.Contains(data["init"], []byte("agent")) || !bytes.Contains(data["usr/bin/runc"], []byte("runc")) {
 		t.Error("/init or /usr/bin/runc is not the binary given")

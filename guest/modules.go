@@ -34,3 +34,17 @@ var Modules = []string{
 	// VZ's entropy device, so the guest's RNG needs no wait.
 	"virtio_rng",
 }
+
+// OptionalModules are in the image too, but the agent loads a group (and
+// the dependencies only it needs) only when the kernel command line asks
+// for it (api/modgroups): under TCG loading these at every boot costs a
+// second.
+var OptionalModules = map[string][]string{
+	// Disks added to a running VZ VM (a pod's joining containers) are USB
+	// mass storage on an XHCI controller (vm/vz/hotplug.go): SCSI disks.
+	"usb": {"xhci_pci", "usb_storage", "sd_mod"},
+	// Bridges that privileged containers make (CNI's bridge plugin inside
+	// a pod, critest's privileged specs): a runc host's kernel loads them
+	// on demand; the guest has no modprobe.
+	"bridge": {"bridge"},
+}

@@ -210,6 +210,15 @@ image() {
 step_image() {
 	build_tool
 	image "$out_dir"
+	# The guest runc's features, which the shim's Info reports (CRI reads recursive read-only
+	# mounts from them). Only a runc of this machine's architecture can run here to say.
+	if [ "$arch" = "$host_arch" ]; then
+		"$runc_dir/runc" features >"$out_dir/runc-features.json.tmp"
+		mv "$out_dir/runc-features.json.tmp" "$out_dir/runc-features.json"
+	else
+		rm -f "$out_dir/runc-features.json"
+		log "no runc-features.json for $arch: its runc cannot run on $host_arch (the shim then reports no features)"
+	fi
 }
 
 step_check() {

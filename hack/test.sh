@@ -24,7 +24,7 @@ TXT
 
 root_warning
 # shellcheck disable=SC2086 # PKGS and TESTFLAGS are word lists
-go test -race -count=1 -timeout 30m -v ${TESTFLAGS:-} ${PKGS:-./...} 2>&1 | tee "$log"
+go test -race -count=1 -timeout 60m -v ${TESTFLAGS:-} ${PKGS:-./...} 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 root_warning
 hack/test-summary.sh "$log" || rc=1

@@ -1,9 +1,13 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vz-shim/containerd-shim-vz/internal/testimage"
+	"github.com/vz-shim/containerd-shim-vz/network"
 )
 
 // pauseImage is the pods' sandbox image: busybox whose command sleeps until it is stopped
@@ -26,8 +31,9 @@ const criSubnet = "10.96.0.0/24"
 // startCRI starts a containerd of its own with CRI (the suite's runs without it), runtime
 // handlers runc and vz (blockfile snapshots, the tree's guest), a bridge CNI network for pods,
 // restrict_oom_score_adj (no CAP_SYS_RESOURCE here: shared/TESTING.md), and the test images
-// imported into k8s.io. It is stopped, and checked for leaks, when the test ends.
-func startCRI(t *testing.T) *daemon {
+// imported into k8s.io. It is stopped, and checked for leaks, when the test ends. With a
+// mirror, the CRI pulls registry.k8s.io's images from it (hosts.toml).
+func startCRI(t *testing.T, mirror *registry) *daemon {
 	t.Helper()
 	if suite.skipAll != "" || suite.skipVZ != "" {
 		t.Skip(skipPrefix + suite.skipAll + suite.skipVZ)
@@ -65,9 +71,19 @@ func startCRI(t *testing.T) *daemon {
   {"type":"bridge","bridge":"cri0","isGateway":true,"ipMasq":true,
    "ipam":{"type":"host-local","ranges":[[{"subnet":"` + criSubnet + `"}]],"routes":[{"dst":"0.0.0.0/0"}]}},
   {"type":"portmap","capabilities":{"portMappings":true}}]}`},
-		{d.config, criConfigTOML(d, scratch)},
+		{d.config, criConfigTOML(d, scratch, mirror != nil)},
 	} {
 		if err := os.WriteFile(f.path, []byte(f.body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if mirror != nil {
+		hosts := filepath.Join(dir, "certs.d", "registry.k8s.io")
+		if err := os.MkdirAll(hosts, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		body := "server = \"https://registry.k8s.io\"\n[host.\"http://" + mirror.host + "\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+		if err := os.WriteFile(filepath.Join(hosts, "hosts.toml"), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -103,8 +119,14 @@ func startCRI(t *testing.T) *daemon {
 	return d
 }
 
-func criConfigTOML(d *daemon, scratch string) string {
+func criConfigTOML(d *daemon, scratch string, mirror bool) string {
 	q := strconv.Quote
+	registry := ""
+	if mirror {
+		registry = `
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = ` + q(filepath.Join(d.dir, "certs.d"))
+	}
 	return `version = 3
 root = ` + q(d.root) + `
 state = ` + q(d.state) + `
@@ -131,7 +153,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = ` + q(snapshotter) + `
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
-      sandbox = ` + q(pauseImage) + `
+      sandbox = ` + q(pauseImage) + registry + `
   [plugins.'io.containerd.cri.v1.runtime']
     restrict_oom_score_adj = true
     [plugins.'io.containerd.cri.v1.runtime'.cni]
@@ -187,7 +209,7 @@ func writeJSON(t *testing.T, path string, v any) string {
 func TestCRIPod(t *testing.T) {
 	for _, handler := range []string{"runc", "vz"} {
 		t.Run(handler, func(t *testing.T) {
-			d := startCRI(t)
+			d := startCRI(t, nil)
 			dir := t.TempDir()
 			shared := t.TempDir()
 			pod := writeJSON(t, filepath.Join(dir, "pod.json"), map[string]any{
@@ -259,11 +281,27 @@ func TestCRIPod(t *testing.T) {
 						IP string `json:"ip"`
 					} `json:"network"`
 				} `json:"status"`
+				Info struct {
+					RuntimeSpec struct {
+						Linux struct {
+							Namespaces []struct{ Type, Path string } `json:"namespaces"`
+						} `json:"linux"`
+					} `json:"runtimeSpec"`
+				} `json:"info"`
 			}
 			if err := json.Unmarshal([]byte(crictl(t, d, "inspectp", podID)), &podStatus); err != nil {
 				t.Fatal(err)
 			}
 			ip := podStatus.Status.Network.IP
+			// The pod's ports are on its network namespace's loopback, as a runc pod's are
+			// (CRI's port forward dials them there).
+			for _, ns := range podStatus.Info.RuntimeSpec.Linux.Namespaces {
+				if ns.Type == "network" {
+					if page := fetchInNetNS(t, ns.Path, "127.0.0.1:8080"); page != "page-of-web\n" {
+						t.Errorf("the pod's loopback, port 8080: %q", page)
+					}
+				}
+			}
 			for _, id := range []string{webID, clientID} {
 				if h := crictl(t, d, "exec", "-s", id, "hostname"); h != "vzpod-host" {
 					t.Errorf("hostname in %s: %q", id, h)
@@ -316,4 +354,37 @@ func guestMemUsed(meminfo string) string {
 		}
 	}
 	return fmt.Sprintf("%d MiB used of %d MiB (MemTotal - MemAvailable)", (kb["MemTotal"]-kb["MemAvailable"])/1024, kb["MemTotal"]/1024)
+}
+
+// fetchInNetNS GETs / from addr inside the network namespace at nsPath, retrying for a while
+// (a port that just opened in a VM is forwarded once the agent reports it).
+func fetchInNetNS(t *testing.T, nsPath, addr string) string {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		var c net.Conn
+		// The socket is made on this thread, in the namespace, and stays there.
+		if err = network.Do(nsPath, func() (err error) {
+			c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+			return err
+		}); err != nil {
+			continue
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		var resp *http.Response
+		if _, err = io.WriteString(c, "GET / HTTP/1.0\r\nHost: "+addr+"\r\n\r\n"); err == nil {
+			if resp, err = http.ReadResponse(bufio.NewReader(c), nil); err == nil {
+				var b []byte
+				b, err = io.ReadAll(resp.Body)
+				resp.Body.Close()
+				c.Close()
+				if err == nil {
+					return string(b)
+				}
+			}
+		}
+		c.Close()
+	}
+	t.Errorf("GET / from %s in %s: %v", addr, nsPath, err)
+	return ""
 }

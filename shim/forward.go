@@ -24,22 +24,27 @@ const forwardDialTimeout = 10 * time.Second
 // stream to the guest is closed.
 const udpPeerIdle = 2 * time.Minute
 
-// portForwarder makes the guest's listening sockets reachable on the host's
-// loopback (forward_ports): it listens on 127.0.0.1 at the same port and
-// carries each TCP connection, or each UDP peer's datagrams, to the agent
-// over the shim–agent transport (agentapi.PortForward). No device, no
-// network setup: it works on every backend and network mode.
+// portForwarder makes the guest's listening sockets reachable on a
+// loopback: it listens on 127.0.0.1 at the same port and carries each TCP
+// connection, or each UDP peer's datagrams, to the agent over the
+// shim–agent transport (agentapi.PortForward). No device, no network setup:
+// it works on every backend and network mode. Two loopbacks take it: the
+// host's (forward_ports), and that of the VM's network namespace, where a
+// runc container's ports are too (CRI's port forward dials them there).
 type portForwarder struct {
 	dialer transport.Dialer
 	host   string // "127.0.0.1"
+	// enter runs fn with the calling thread in the loopback's network
+	// namespace (the sockets it makes stay there); nil: the shim's own.
+	enter func(fn func() error) error
 
 	mu        sync.Mutex
 	closed    bool
 	listeners map[string]io.Closer // "tcp/8080"
 }
 
-func newPortForwarder(d transport.Dialer) *portForwarder {
-	return &portForwarder{dialer: d, host: "127.0.0.1", listeners: map[string]io.Closer{}}
+func newPortForwarder(d transport.Dialer, enter func(fn func() error) error) *portForwarder {
+	return &portForwarder{dialer: d, host: "127.0.0.1", enter: enter, listeners: map[string]io.Closer{}}
 }
 
 // handle acts on one of the agent's PortEvents. A port the host cannot
@@ -67,24 +72,34 @@ func (f *portForwarder) handle(ctx context.Context, ev *agentapi.PortEvent) {
 		l   io.Closer
 		err error
 	)
-	switch ev.Protocol {
-	case "tcp":
-		var ln net.Listener
-		if ln, err = net.Listen("tcp", addr); err == nil {
+	listen := func() error {
+		switch ev.Protocol {
+		case "tcp":
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return err
+			}
 			l = ln
 			go f.serveTCP(ctx, ln, ev.Port)
-		}
-	case "udp":
-		var pc net.PacketConn
-		if pc, err = net.ListenPacket("udp", addr); err == nil {
+		case "udp":
+			pc, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				return err
+			}
 			l = pc
 			go f.serveUDP(ctx, pc, ev.Port)
+		default:
+			return fmt.Errorf("unknown protocol %q", ev.Protocol)
 		}
-	default:
-		err = fmt.Errorf("unknown protocol %q", ev.Protocol)
+		return nil
+	}
+	if f.enter != nil {
+		err = f.enter(listen)
+	} else {
+		err = listen()
 	}
 	if err != nil {
-		log.G(ctx).WithError(err).WithField("port", key).Warn("cannot forward the container's port to the host's loopback")
+		log.G(ctx).WithError(err).WithField("port", key).Warn("cannot forward the container's port to the loopback")
 		return
 	}
 	f.listeners[key] = l

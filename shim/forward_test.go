@@ -90,7 +90,7 @@ func freePort(t *testing.T, proto string) uint32 {
 
 func TestPortForwarder(t *testing.T) {
 	g := &fakeGuest{t: t, headers: make(chan string, 16)}
-	f := newPortForwarder(g)
+	f := newPortForwarder(g, nil)
 	defer f.close()
 	ctx := context.Background()
 

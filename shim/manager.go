@@ -20,6 +20,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // Name is the runtime name containerd knows the shim by.
@@ -218,10 +220,37 @@ func shimAddress(bundle string) string {
 	return res.Address
 }
 
-// Info answers `-info`.
+// Info answers `-info`: with the runtime's options (CRI passes them), the
+// features of the guest's runc, as the runc shim reports its runc's.
 func (manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo, error) {
-	return &types.RuntimeInfo{
+	info := &types.RuntimeInfo{
 		Name:    Name,
 		Version: &types.RuntimeVersion{Version: Version},
-	}, nil
+	}
+	ro, err := shim.ReadRuntimeOptions[*runtimeoptions.Options](optionsR)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("runtime options: %w", err)
+	}
+	var createOpts *anypb.Any
+	if ro != nil {
+		if createOpts, err = typeurl.MarshalAnyToProto(ro); err != nil {
+			return nil, err
+		}
+		info.Options = createOpts
+	}
+	opts, err := loadOptions("", createOpts)
+	if err != nil {
+		return nil, err
+	}
+	f, err := guestFeatures(opts.Initrd)
+	if err != nil {
+		// Without them CRI assumes the least (no recursive read-only
+		// mounts); the runtime still works.
+		log.G(ctx).WithError(err).Debug("no features of the guest's runc")
+		return info, nil
+	}
+	if info.Features, err = typeurl.MarshalAnyToProto(f); err != nil {
+		return nil, err
+	}
+	return info, nil
 }

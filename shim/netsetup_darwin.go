@@ -36,3 +36,10 @@ func cleanupNetwork(ctx context.Context, bundle string) error { return nil }
 func (n *taskNet) hasNetwork() bool { return n.userNAT }
 
 func (n *taskNet) sandboxPath() string { return "" }
+
+// loopbackIn: there are no network namespaces on macOS (sandboxPath is "").
+func loopbackIn(ctx context.Context, ns string) func(fn func() error) error {
+	return func(func() error) error {
+		return fmt.Errorf("network namespace %s: there are none on macOS: %w", ns, errdefs.ErrNotImplemented)
+	}
+}

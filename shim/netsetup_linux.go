@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/containerd/log"
 
@@ -210,4 +211,18 @@ func (n *taskNet) sandboxPath() string {
 		return ""
 	}
 	return n.sandbox.Path
+}
+
+// loopbackIn is how the port forwarder of the VM's network namespace
+// listens there: with its lo up, once.
+func loopbackIn(ctx context.Context, ns string) func(fn func() error) error {
+	var once sync.Once
+	return func(fn func() error) error {
+		once.Do(func() {
+			if err := network.LoopbackUp(ns); err != nil {
+				log.G(ctx).WithError(err).Warn("the container's ports cannot reach its namespace's loopback")
+			}
+		})
+		return network.Do(ns, fn)
+	}
 }

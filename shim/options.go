@@ -15,6 +15,8 @@ import (
 	"github.com/pelletier/go-toml/v2"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/vz-shim/containerd-shim-vz/vm"
 )
 
 // Options are the runtime options of DESIGN §7, read from a TOML file
@@ -55,6 +57,16 @@ type Options struct {
 	// choice (vm/vz: cached, fsync). QEMU ignores them.
 	DiskCaching string `toml:"disk_caching"`
 	DiskSync    string `toml:"disk_sync"`
+	// DiskHotplug is how a container that joins a running VM brings its
+	// rootfs disks: "virtio" (QEMU's default: virtio-blk in reserved PCIe
+	// slots) or "usb" (USB mass storage stamped with the disk's id: VZ's
+	// only way; on QEMU it runs the guest's half of VZ's way on Linux, at
+	// the price of a copy of each read-only layer image in the bundle).
+	DiskHotplug string `toml:"disk_hotplug"`
+	// GuestModules names groups of the guest image's optional kernel
+	// modules to load at boot (guest.OptionalModules): "bridge" for pods
+	// whose privileged containers make bridges. Each costs boot time.
+	GuestModules []string `toml:"guest_modules"`
 }
 
 // Network modes.
@@ -93,7 +105,8 @@ func saveBootstrapOptions(dir string, opts *runtimeoptions.Options) error {
 }
 
 // loadOptions finds the task's options: those of the Create request, else
-// those saved at bootstrap, else none; defaults fill the rest.
+// those saved at bootstrap in bundle (if one is given), else none; defaults
+// fill the rest.
 func loadOptions(bundle string, createOpts *anypb.Any) (Options, error) {
 	var ro *runtimeoptions.Options
 	if createOpts != nil && createOpts.GetValue() != nil {
@@ -106,6 +119,8 @@ func loadOptions(bundle string, createOpts *anypb.Any) (Options, error) {
 			return Options{}, fmt.Errorf("runtime options of type %T, want runtimeoptions: %w", v, errdefs.ErrInvalidArgument)
 		}
 		ro = o
+	} else if bundle == "" {
+		// Info: no task, only the request's options.
 	} else if b, err := os.ReadFile(filepath.Join(bundle, optionsFile)); err == nil {
 		ro = &runtimeoptions.Options{}
 		if err := proto.Unmarshal(b, ro); err != nil {
@@ -207,6 +222,16 @@ func (o *Options) setDefaults() error {
 	}
 	if o.DiskSync != "" && !slices.Contains(diskSyncModes, o.DiskSync) {
 		return fmt.Errorf("disk_sync %q: want one of %v: %w", o.DiskSync, diskSyncModes, errdefs.ErrInvalidArgument)
+	}
+	switch o.DiskHotplug {
+	case "", vm.DiskBusVirtio, vm.DiskBusUSB:
+	default:
+		return fmt.Errorf("disk_hotplug %q: want %s or %s: %w", o.DiskHotplug, vm.DiskBusVirtio, vm.DiskBusUSB, errdefs.ErrInvalidArgument)
+	}
+	for _, g := range o.GuestModules {
+		if g == "" || strings.ContainsAny(g, ", \t\n:") {
+			return fmt.Errorf("guest_modules: %q is not a group name: %w", g, errdefs.ErrInvalidArgument)
+		}
 	}
 	if o.Accel == "" {
 		o.Accel = defaultAccel(o.Arch)

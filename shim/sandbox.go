@@ -39,7 +39,7 @@ type sandbox struct {
 	console               string
 	keepConsole           bool
 	net                   *taskNet
-	forwarder             *portForwarder // nil without forward_ports
+	forwarders            []*portForwarder // the host's loopback (forward_ports), the namespace's
 	// pod is the share of the host paths of the containers that join
 	// the running VM; nil for a VM that no container can join.
 	pod *podShare
@@ -121,7 +121,11 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 
 	setup.Network = sb.net.guest()
 	if setup.ForwardPorts {
-		sb.forwarder = newPortForwarder(sb.machine)
+		sb.forwarders = append(sb.forwarders, newPortForwarder(sb.machine, nil))
+	}
+	if ns := sb.net.sandboxPath(); ns != "" {
+		sb.forwarders = append(sb.forwarders, newPortForwarder(sb.machine, loopbackIn(ctx, ns)))
+		setup.ForwardPorts = true
 	}
 	if _, err := sb.sys.Setup(ctx, setup); err != nil {
 		return fmt.Errorf("setting up the guest: %w", errgrpc.ToNative(err))
@@ -205,8 +209,8 @@ func (sb *sandbox) stop(ctx context.Context, last *container) {
 		log.G(ctx).WithError(err).WithField("id", sb.id).Warn("stopping the VM")
 	}
 	cancel()
-	if sb.forwarder != nil {
-		sb.forwarder.close()
+	for _, f := range sb.forwarders {
+		f.close()
 	}
 	if last != nil {
 		last.cleanup(ctx)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
+	"github.com/vz-shim/containerd-shim-vz/api/modgroups"
 	"github.com/vz-shim/containerd-shim-vz/vm"
 )
 
@@ -210,7 +212,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		ID:          r.ID,
 		Kernel:      opts.Kernel,
 		Initrd:      opts.Initrd,
-		KernelArgs:  opts.KernelArgs,
+		KernelArgs:  kernelArgs(opts, groupOf(spec) != ""),
 		Arch:        opts.Arch,
 		CPUs:        cpus,
 		MemoryMiB:   memMiB,
@@ -227,6 +229,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		// Containers of the group join this VM later with disks and
 		// host paths of their own.
 		cfg.DiskSlots = groupDiskSlots
+		cfg.DiskHotplugBus = opts.DiskHotplug
 		if pod, err = newPodShare(r.Bundle); err != nil {
 			return nil, err
 		}
@@ -452,8 +455,8 @@ func (s *service) forwardEvents(sb *sandbox) {
 		switch e := v.(type) {
 		case *agentapi.PortEvent:
 			// The shim's own business, not containerd's.
-			if sb.forwarder != nil {
-				sb.forwarder.handle(ctx, e)
+			for _, f := range sb.forwarders {
+				f.handle(ctx, e)
 			}
 			continue
 		case *eventstypes.TaskCreate, *eventstypes.TaskDelete:
@@ -851,4 +854,22 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 		s.sd.Shutdown()
 	}
 	return &emptypb.Empty{}, nil
+}
+
+// kernelArgs are the guest's kernel arguments beyond the backend's: the
+// optional module groups to load (api/modgroups), then the options' own,
+// which come last and may override. A grouped VM whose joining containers
+// bring USB disks (VZ's only way, disk_hotplug = "usb") loads the USB group
+// and scans a new disk at once, not after usb-storage's default second.
+func kernelArgs(opts Options, grouped bool) []string {
+	groups := slices.Clone(opts.GuestModules)
+	var args []string
+	if grouped && (opts.Backend == "vz" || opts.DiskHotplug == vm.DiskBusUSB) {
+		groups = append(groups, "usb")
+		args = append(args, "usb_storage.delay_use=0")
+	}
+	if len(groups) > 0 {
+		args = append(args, modgroups.Cmdline(groups))
+	}
+	return append(args, opts.KernelArgs...)
 }

@@ -42,6 +42,11 @@ type Config struct {
 	// DiskSlots reserves hot-plug slots for disks added to the running VM
 	// with DiskHotplugger.AddDisk (QEMU: PCIe root ports).
 	DiskSlots int
+	// DiskHotplugBus is how AddDisk attaches a disk: "" or DiskBusVirtio
+	// (a virtio-blk device whose serial is its ID: QEMU's way) or DiskBusUSB
+	// (USB mass storage stamped with its ID, StampDisk: VZ's only way, and
+	// QEMU's when asked, which runs the guest's half of VZ's on Linux).
+	DiskHotplugBus string
 	// ConsoleLog receives the guest's console output.
 	ConsoleLog string
 	// StateDir holds the backend's own files (sockets, pid file). It must
@@ -56,6 +61,12 @@ type Config struct {
 	DiskCaching string
 	DiskSync    string
 }
+
+// Buses of DiskHotplugBus.
+const (
+	DiskBusVirtio = "virtio"
+	DiskBusUSB    = "usb"
+)
 
 // Disk is a raw disk image attached as virtio-blk.
 type Disk struct {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
+
+	"github.com/vz-shim/containerd-shim-vz/api/modgroups"
 )
 
 // module is one entry of modules.dep.
@@ -71,6 +73,9 @@ func loadModules(ctx context.Context, dir string, cmdline Cmdline, load loadFunc
 		return nil, nil
 	}
 	if err != nil {
+		return nil, err
+	}
+	if mods, err = selectGroups(dir, mods, cmdline); err != nil {
 		return nil, err
 	}
 	var (
@@ -219,4 +224,80 @@ func moduleName(path string) string {
 		base = base[:i]
 	}
 	return strings.ReplaceAll(base, "-", "_")
+}
+
+// selectGroups drops from mods the optional groups (modgroups.File) the
+// command line does not ask for (modgroups.CmdlineKey), with the
+// dependencies only they need. A group's module the image lacks (built into
+// the kernel) is no error.
+func selectGroups(dir string, mods []module, cmdline Cmdline) ([]module, error) {
+	f, err := os.Open(filepath.Join(dir, modgroups.File))
+	if errors.Is(err, os.ErrNotExist) {
+		return mods, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	groups, err := modgroups.Parse(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	wanted := map[string]bool{}
+	if v, ok := cmdline.Get(modgroups.CmdlineKey); ok {
+		for _, g := range strings.Split(v, ",") {
+			wanted[strings.TrimSpace(g)] = true
+		}
+	}
+	byName := make(map[string]module, len(mods))
+	byPath := make(map[string]module, len(mods))
+	for _, m := range mods {
+		byName[m.name] = m
+		byPath[m.path] = m
+	}
+	closure := func(roots []module) map[string]bool {
+		seen := map[string]bool{}
+		var visit func(m module)
+		visit = func(m module) {
+			if seen[m.path] {
+				return
+			}
+			seen[m.path] = true
+			for _, d := range m.deps {
+				if dm, ok := byPath[d]; ok {
+					visit(dm)
+				}
+			}
+		}
+		for _, m := range roots {
+			visit(m)
+		}
+		return seen
+	}
+	var optional, asked []module
+	for g, names := range groups {
+		for _, n := range names {
+			if m, ok := byName[moduleName(n)]; ok {
+				optional = append(optional, m)
+				if wanted[g] {
+					asked = append(asked, m)
+				}
+			}
+		}
+	}
+	onlyOptional := closure(optional)
+	var boot []module
+	for _, m := range mods {
+		if !onlyOptional[m.path] {
+			boot = append(boot, m)
+		}
+	}
+	keep := closure(append(boot, asked...))
+	out := mods[:0:0]
+	for _, m := range mods {
+		if keep[m.path] {
+			out = append(out, m)
+		}
+	}
+	return out, nil
 }

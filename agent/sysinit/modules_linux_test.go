@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -266,5 +267,49 @@ func TestModulesDir(t *testing.T) {
 	}
 	if want := "/lib/modules/" + unix.ByteSliceToString(u.Release[:]); dir != want {
 		t.Errorf("ModulesDir = %q; want %q", dir, want)
+	}
+}
+
+// TestLoadModuleGroups: an optional group (modules.optional) loads only when the command line
+// asks for it, with the dependencies only it needs; a dependency it shares with a boot module
+// loads anyway; a group module the image lacks (built in) is no error.
+func TestLoadModuleGroups(t *testing.T) {
+	dir := writeModulesDep(t, `kernel/usb/core.ko:
+kernel/usb/xhci.ko: kernel/usb/core.ko kernel/lib/crc.ko
+kernel/scsi/sd_mod.ko: kernel/scsi/scsi_mod.ko
+kernel/scsi/scsi_mod.ko:
+kernel/lib/crc.ko:
+kernel/fs/ext4.ko: kernel/lib/crc.ko
+kernel/net/bridge.ko: kernel/net/stp.ko
+kernel/net/stp.ko:
+`)
+	if err := os.WriteFile(filepath.Join(dir, "modules.optional"), []byte("usb: xhci sd_mod builtin_usb\nbridge: bridge\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for cmd, want := range map[string][]string{
+		"quiet":                   {"crc", "ext4"},
+		"vz.modules=usb":          {"core", "crc", "xhci", "scsi_mod", "sd_mod", "ext4"},
+		"vz.modules=bridge,usb":   {"core", "crc", "xhci", "scsi_mod", "sd_mod", "ext4", "stp", "bridge"},
+		"vz.modules=bridge,other": {"crc", "ext4", "stp", "bridge"},
+	} {
+		var got []string
+		_, err := loadModules(context.Background(), dir, ParseCmdline(cmd), func(path, _ string, _ int) error {
+			got = append(got, moduleName(path))
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", cmd, err)
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: loaded %v, want %v", cmd, got, want)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "modules.optional"), []byte("usb\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadModules(context.Background(), dir, Cmdline{}, func(string, string, int) error { return nil }); err == nil {
+		t.Error("a malformed modules.optional was accepted")
 	}
 }

@@ -164,6 +164,14 @@ func (img *Image) ChainIDs() []digest.Digest {
 
 // NewImage makes a linux image of the host's architecture from encoded layers, bottom first.
 func NewImage(layers []Blob, createdBy string) (*Image, error) {
+	return NewImageWith(layers, createdBy, ocispec.ImageConfig{
+		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+		Cmd: []string{"sh"},
+	})
+}
+
+// NewImageWith is NewImage with the image's config (command, user, ports) given.
+func NewImageWith(layers []Blob, createdBy string, cfg ocispec.ImageConfig) (*Image, error) {
 	if len(layers) == 0 {
 		return nil, errors.New("an image needs a layer")
 	}
@@ -178,12 +186,9 @@ func NewImage(layers []Blob, createdBy string) (*Image, error) {
 	img.Config, err = json.Marshal(ocispec.Image{
 		Created:  &imageTime,
 		Platform: ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH},
-		Config: ocispec.ImageConfig{
-			Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			Cmd: []string{"sh"},
-		},
-		RootFS:  ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
-		History: []ocispec.History{{Created: &imageTime, CreatedBy: createdBy}},
+		Config:   cfg,
+		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
+		History:  []ocispec.History{{Created: &imageTime, CreatedBy: createdBy}},
 	})
 	if err != nil {
 		return nil, err
@@ -204,6 +209,23 @@ func NewImage(layers []Blob, createdBy string) (*Image, error) {
 
 // BuildImage encodes layers and makes an image of them.
 func BuildImage(layers []Layer, createdBy string) (*Image, error) {
+	blobs, err := encode(layers)
+	if err != nil {
+		return nil, err
+	}
+	return NewImage(blobs, createdBy)
+}
+
+// BuildImageWith is BuildImage with the image's config given.
+func BuildImageWith(layers []Layer, createdBy string, cfg ocispec.ImageConfig) (*Image, error) {
+	blobs, err := encode(layers)
+	if err != nil {
+		return nil, err
+	}
+	return NewImageWith(blobs, createdBy, cfg)
+}
+
+func encode(layers []Layer) ([]Blob, error) {
 	var blobs []Blob
 	for i, l := range layers {
 		b, err := l.Blob()
@@ -212,7 +234,7 @@ func BuildImage(layers []Layer, createdBy string) (*Image, error) {
 		}
 		blobs = append(blobs, b)
 	}
-	return NewImage(blobs, createdBy)
+	return blobs, nil
 }
 
 // ReadEntries parses a layer tar back into entries.

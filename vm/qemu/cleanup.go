@@ -13,10 +13,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vz-shim/containerd-shim-vz/vm"
 )
 
 // Cleanup kills a QEMU that a dead shim left running for stateDir and
-// removes its files there (not the console log). It is for `shim delete`:
+// removes its files there (not the console log), stamped disk clones included. It is for `shim delete`:
 // the process it kills is identified by stateDir's pid file, and only if
 // that process's command line still names the pid file (so a recycled pid is
 // left alone). Nothing to clean up is not an error.
@@ -36,7 +38,12 @@ func Cleanup(stateDir string) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("qemu: cleanup: %w", err))
 	}
-	for _, name := range []string{PidFile, LogFile} {
+	names := []string{PidFile, LogFile}
+	clones, _ := filepath.Glob(filepath.Join(dir, vm.StampedClones))
+	for _, c := range clones {
+		names = append(names, filepath.Base(c))
+	}
+	for _, name := range names {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("qemu: cleanup: %w", err))
 		}

@@ -151,6 +151,11 @@ func validate(cfg vm.Config) (vm.Config, error) {
 	if cfg.DiskSlots < 0 || cfg.DiskSlots > maxDiskSlots {
 		return cfg, invalid("%d disk slots: want 0 to %d", cfg.DiskSlots, maxDiskSlots)
 	}
+	switch cfg.DiskHotplugBus {
+	case "", vm.DiskBusVirtio, vm.DiskBusUSB:
+	default:
+		return cfg, invalid("disk hot-plug bus %q: want %s or %s", cfg.DiskHotplugBus, vm.DiskBusVirtio, vm.DiskBusUSB)
+	}
 	if cfg.NetNS != "" {
 		if cfg.NetNS, err = filepath.Abs(cfg.NetNS); err != nil {
 			return cfg, invalid("network namespace: %v", err)
@@ -175,7 +180,12 @@ func MaxDisks(cfg vm.Config) int {
 	if cfg.Arch == "arm64" {
 		free = 31
 	}
-	n := free - 2 - len(cfg.Shares) - cfg.NICSlots - cfg.DiskSlots // virtio-rng, virtio-serial or vhost-vsock
+	n := free - 2 - len(cfg.Shares) - cfg.NICSlots // virtio-rng, virtio-serial or vhost-vsock
+	if usbDisks(cfg) {
+		n-- // the XHCI controller
+	} else {
+		n -= cfg.DiskSlots
+	}
 	if cfg.Network {
 		n--
 	}
@@ -328,8 +338,13 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 	for i := 0; i < cfg.NICSlots; i++ {
 		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d", nicSlot(i), i+1))
 	}
-	for i := 0; i < cfg.DiskSlots; i++ {
-		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d", diskSlot(i), cfg.NICSlots+i+1))
+	if usbDisks(cfg) {
+		// Hot-plugged disks are USB mass storage on it (AddDisk).
+		a = append(a, "-device", "qemu-xhci,id="+xhciID)
+	} else {
+		for i := 0; i < cfg.DiskSlots; i++ {
+			a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d", diskSlot(i), cfg.NICSlots+i+1))
+		}
 	}
 	if cfg.Network {
 		// romfile=: no iPXE option ROM; we boot the kernel directly.
@@ -349,6 +364,12 @@ func optEscape(s string) string {
 
 // nicSlot is the qdev id of the i-th root port reserved for NICs.
 func nicSlot(i int) string { return fmt.Sprintf("nicslot%d", i) }
+
+// usbDisks tells that AddDisk attaches USB mass storage (vm.DiskBusUSB).
+func usbDisks(cfg vm.Config) bool { return cfg.DiskSlots > 0 && cfg.DiskHotplugBus == vm.DiskBusUSB }
+
+// xhciID is the qdev id of the USB controller of usbDisks.
+const xhciID = "xhci"
 
 // diskSlot is the qdev id of the i-th root port reserved for hot-plugged
 // disks.

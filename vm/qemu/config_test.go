@@ -252,6 +252,7 @@ func TestValidation(t *testing.T) {
 		{"missing disk", func(c *vm.Config) { c.Disks[0].Path = "/nonexistent/layer.img" }, "/nonexistent/layer.img", fs.ErrNotExist},
 		{"duplicate share tag", func(c *vm.Config) { c.Shares = append(c.Shares, c.Shares[0]) }, `duplicate tag "rootfs"`, nil},
 		{"share not a directory", func(c *vm.Config) { c.Shares[0].Path = c.Kernel }, "is not a directory", nil},
+		{"bad disk hot-plug bus", func(c *vm.Config) { c.DiskHotplugBus = "scsi" }, `disk hot-plug bus "scsi"`, nil},
 		{"too many disks", func(c *vm.Config) {
 			for i := len(c.Disks); i < 27; i++ { // 30 - rng - serial - net - 1 share = 26
 				c.Disks = append(c.Disks, vm.Disk{ID: fmt.Sprint("d", i), Path: c.Disks[0].Path, ReadOnly: true})
@@ -275,6 +276,32 @@ func TestValidation(t *testing.T) {
 				t.Errorf("error %q is not %v", err, tc.is)
 			}
 		})
+	}
+}
+
+// TestCommandDiskSlots: hot-plugged disks take PCIe root ports, or with the USB bus one XHCI
+// controller (and one slot of the root bus, whatever their number).
+func TestCommandDiskSlots(t *testing.T) {
+	for _, bus := range []string{"", vm.DiskBusVirtio, vm.DiskBusUSB} {
+		cfg := fakeConfig(t)
+		cfg.DiskSlots = 3
+		cfg.DiskHotplugBus = bus
+		m, err := New(context.Background(), cfg, WithVsock(false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		argv := strings.Join(m.Command(), " ")
+		xhci, ports := strings.Count(argv, "qemu-xhci,id="+xhciID), strings.Count(argv, "pcie-root-port,id=diskslot")
+		if bus == vm.DiskBusUSB && (xhci != 1 || ports != 0) || bus != vm.DiskBusUSB && (xhci != 0 || ports != 3) {
+			t.Errorf("bus %q: %d XHCI controllers and %d disk root ports in %s", bus, xhci, ports, argv)
+		}
+		want := MaxDisks(vm.Config{Arch: cfg.Arch, Network: cfg.Network, Shares: cfg.Shares}) - 3
+		if bus == vm.DiskBusUSB {
+			want += 2
+		}
+		if got := MaxDisks(cfg); got != want {
+			t.Errorf("bus %q: MaxDisks %d, want %d", bus, got, want)
+		}
 	}
 }
 

@@ -21,7 +21,9 @@ func diskNodeID(id string) string { return "blk-" + id }
 // AddDisk attaches d to the running (or launched) VM in a free disk slot:
 // a raw block node (blockdev-add) behind a virtio-blk device whose serial
 // is d.ID (device_add into a reserved PCIe root port, which the guest's
-// PCIe hot-plug driver finds).
+// PCIe hot-plug driver finds), or with vm.DiskBusUSB a USB mass storage
+// device on the XHCI controller over the disk stamped with d.ID
+// (vm.StampDisk; a read-only disk's stamped clone lives in StateDir).
 func (m *Machine) AddDisk(ctx context.Context, d vm.Disk) error {
 	m.lifecycle.Lock()
 	defer m.lifecycle.Unlock()
@@ -45,6 +47,22 @@ func (m *Machine) AddDisk(ctx context.Context, d vm.Disk) error {
 			m.freeDiskSlot(d.ID)
 		}
 	}()
+	usb := usbDisks(m.cfg)
+	if usb {
+		st, err := vm.StampDisk(vm.Disk{ID: d.ID, Path: path, ReadOnly: d.ReadOnly}, m.cfg.StateDir)
+		if err != nil {
+			return fmt.Errorf("qemu: vm %s: %w", m.cfg.ID, err)
+		}
+		defer func() {
+			if !ok {
+				st.Remove()
+			}
+		}()
+		path = st.Path
+		m.mu.Lock()
+		m.stamped[d.ID] = st
+		m.mu.Unlock()
+	}
 
 	node := map[string]any{
 		"driver": "raw", "node-name": diskNodeID(d.ID), "read-only": d.ReadOnly,
@@ -59,6 +77,9 @@ func (m *Machine) AddDisk(ctx context.Context, d vm.Disk) error {
 	dev := map[string]any{
 		"driver": "virtio-blk-pci", "id": diskDevID(d.ID), "drive": diskNodeID(d.ID),
 		"serial": d.ID, "bus": diskSlot(slot),
+	}
+	if usb {
+		dev = map[string]any{"driver": "usb-storage", "id": diskDevID(d.ID), "drive": diskNodeID(d.ID), "bus": xhciID + ".0"}
 	}
 	if _, err := m.qmp.execute(ctx, "device_add", dev); err != nil {
 		_, _ = m.qmp.execute(context.WithoutCancel(ctx), "blockdev-del", map[string]any{"node-name": diskNodeID(d.ID)})
@@ -110,6 +131,16 @@ func (m *Machine) RemoveDisk(ctx context.Context, id string) error {
 	return nil
 }
 
+// removeStamped removes the clones of stamped disks once QEMU is gone.
+func (m *Machine) removeStamped() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, st := range m.stamped {
+		st.Remove()
+		delete(m.stamped, id)
+	}
+}
+
 // reserveDiskSlot takes a free slot for id.
 func (m *Machine) reserveDiskSlot(id string) (int, error) {
 	m.mu.Lock()
@@ -145,6 +176,10 @@ func (m *Machine) freeDiskSlot(id string) {
 		if d == id {
 			m.disks[i] = ""
 		}
+	}
+	if st, ok := m.stamped[id]; ok {
+		st.Remove()
+		delete(m.stamped, id)
 	}
 }
 

@@ -88,15 +88,16 @@ type Machine struct {
 	// and is never held while waiting.
 	lifecycle sync.Mutex
 	mu        sync.Mutex
-	started   bool                     // QEMU was launched (or tried to be)
-	launched  bool                     // ... and answers on QMP
-	running   bool                     // Start let the guest run
-	nics      int                      // NIC slots taken
-	disks     []string                 // hot-plugged disk ids by slot ("" free)
-	unplugged map[string]chan struct{} // RemoveDisk waiting for DEVICE_DELETED
-	stopping  bool                     // Stop was called
-	killed    bool                     // we sent SIGKILL ...
-	killErr   error                    // ... and this is Err then (nil from Stop)
+	started   bool                      // QEMU was launched (or tried to be)
+	launched  bool                      // ... and answers on QMP
+	running   bool                      // Start let the guest run
+	nics      int                       // NIC slots taken
+	disks     []string                  // hot-plugged disk ids by slot ("" free)
+	unplugged map[string]chan struct{}  // RemoveDisk waiting for DEVICE_DELETED
+	stamped   map[string]vm.StampedDisk // USB disks (vm.DiskBusUSB), by id
+	stopping  bool                      // Stop was called
+	killed    bool                      // we sent SIGKILL ...
+	killErr   error                     // ... and this is Err then (nil from Stop)
 	cmd       *exec.Cmd
 	qmp       *qmpClient
 	agent     net.Conn       // host end of the agent's virtio-serial port
@@ -134,6 +135,7 @@ func New(ctx context.Context, cfg vm.Config, opts ...Option) (*Machine, error) {
 
 		disks:     make([]string, cfg.DiskSlots),
 		unplugged: map[string]chan struct{}{},
+		stamped:   map[string]vm.StampedDisk{},
 	}
 	if m.binary == "" {
 		m.binary = qemuBinary(cfg.Arch)
@@ -642,8 +644,10 @@ func (m *Machine) closeConns() {
 	}
 }
 
-// removeFiles removes what QEMU made in StateDir. The console log stays.
+// removeFiles removes what QEMU made in StateDir, and the stamped clones of
+// USB disks. The console log stays.
 func (m *Machine) removeFiles() error {
+	m.removeStamped()
 	var errs []error
 	for _, name := range []string{PidFile, LogFile} {
 		if err := os.Remove(filepath.Join(m.cfg.StateDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -19,7 +19,14 @@ func thisHost() Host {
 		MaxCPUs:   vz.VirtualMachineConfigurationMaximumAllowedCPUCount(),
 		MinMemory: vz.VirtualMachineConfigurationMinimumAllowedMemorySize(),
 		MaxMemory: vz.VirtualMachineConfigurationMaximumAllowedMemorySize(),
+		USB:       usbAvailable(),
 	}
+}
+
+// usbAvailable: vz refuses an XHCI controller before macOS 15.
+func usbAvailable() bool {
+	_, err := vz.NewXHCIControllerConfiguration()
+	return err == nil
 }
 
 // configure executes p: the VZ configuration it describes, validated.
@@ -105,6 +112,14 @@ func configure(p Plan) (*vz.VirtualMachineConfiguration, error) {
 			return nil, fmt.Errorf("vz: console: %w", err)
 		}
 		c.SetSerialPortsVirtualMachineConfiguration([]*vz.VirtioConsoleDeviceSerialPortConfiguration{console})
+	}
+
+	if p.Hot.Slots > 0 {
+		xhci, err := vz.NewXHCIControllerConfiguration()
+		if err != nil {
+			return nil, fmt.Errorf("vz: USB controller for disk hot-plug: %w", err)
+		}
+		c.SetUSBControllersVirtualMachineConfiguration([]vz.USBControllerConfiguration{xhci})
 	}
 
 	if p.Entropy {

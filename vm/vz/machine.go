@@ -90,6 +90,8 @@ type Machine struct {
 	started   bool
 	stopping  bool
 
+	hot *hotplug // nil: disks cannot be added while it runs
+
 	*vm.Exit // Err: see finish
 }
 
@@ -151,7 +153,10 @@ func (m *Machine) watch(states <-chan State) {
 // finish records why the VM is gone and closes Done, once. VZ (through
 // vz/v3) reports a guest reboot (a panic, with panic=-1) as a plain stop:
 // the console log tells them apart.
-func (m *Machine) finish(err error) { m.Set(err) }
+func (m *Machine) finish(err error) {
+	m.Set(err)
+	m.hot.removeClones()
+}
 
 // Dial connects to port of the guest over the VM's virtio socket device.
 // Until the agent listens it fails with errdefs.ErrUnavailable; see

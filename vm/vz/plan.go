@@ -26,6 +26,9 @@ type Host struct {
 	MinCPUs, MaxCPUs uint
 	// MinMemory and MaxMemory bound the memory size, in bytes.
 	MinMemory, MaxMemory uint64
+	// USB tells that VMs here can have an XHCI controller and USB mass
+	// storage attached while they run (macOS 15).
+	USB bool
 }
 
 // Plan is everything the darwin code sets up, decided and checked.
@@ -48,6 +51,20 @@ type Plan struct {
 	ConsoleLog string
 	// Entropy gives the guest a virtio-rng device.
 	Entropy bool
+	// Hot is how disks are added to the running VM; zero: they cannot be.
+	Hot HotPlan
+}
+
+// HotPlan is how the VM takes disks while it runs (vm.DiskHotplugger): an
+// XHCI controller that USB mass storage devices attach to (macOS 15), up
+// to Slots at a time. VZ fixes its virtio-blk devices when it configures
+// the VM, so a container that joins a running pod brings its disks this way.
+type HotPlan struct {
+	Slots int
+	// Dir holds the stamped clones of read-only disks (the state dir).
+	Dir string
+	// Caching and Sync are the runtime options' disk modes.
+	Caching, Sync string
 }
 
 // DiskPlan is one virtio-blk device over a raw disk image.
@@ -189,6 +206,23 @@ func NewPlan(cfg vm.Config, host Host) (Plan, error) {
 
 	if cfg.Network {
 		p.MAC = macAddress(cfg.ID, cfg.StateDir)
+	}
+	if cfg.DiskSlots < 0 {
+		return p, invalid("disk slots %d: want 0 or more", cfg.DiskSlots)
+	}
+	// Without USB the VM still boots: only AddDisk fails, and says why.
+	if cfg.DiskSlots > 0 && host.USB {
+		if cfg.StateDir == "" {
+			return p, invalid("disk slots need a state dir (for the disks' clones)")
+		}
+		dir, err := filepath.Abs(cfg.StateDir)
+		if err != nil {
+			return p, invalid("state dir: %v", err)
+		}
+		if _, err := diskPlan("check", dir, false, cfg.DiskCaching, cfg.DiskSync); err != nil {
+			return p, err
+		}
+		p.Hot = HotPlan{Slots: cfg.DiskSlots, Dir: dir, Caching: cfg.DiskCaching, Sync: cfg.DiskSync}
 	}
 	p.CommandLine = commandLine(cfg.KernelArgs)
 	return p, nil

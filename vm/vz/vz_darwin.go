@@ -37,7 +37,36 @@ func New(ctx context.Context, cfg vm.Config) (vm.Machine, error) {
 			states <- state(s)
 		}
 	}()
-	return newMachine(ctx, cfg.ID, &vzVM{VirtualMachine: v, states: states}), nil
+	m := newMachine(ctx, cfg.ID, &vzVM{VirtualMachine: v, states: states})
+	m.hot = newHotplug(p.Hot, usbController{v})
+	return m, nil
+}
+
+// usbController adapts the VM's one XHCI controller to usbBus.
+type usbController struct{ v *vz.VirtualMachine }
+
+// Attach plugs a USB mass storage device over d's image.
+func (u usbController) Attach(d DiskPlan) (func() error, error) {
+	ctrls := u.v.USBControllers()
+	if len(ctrls) == 0 {
+		return nil, fmt.Errorf("the vm has no USB controller")
+	}
+	att, err := vz.NewDiskImageStorageDeviceAttachmentWithCacheAndSync(d.Path, d.ReadOnly, cachingMode(d.Caching), syncMode(d.Sync))
+	if err != nil {
+		return nil, fmt.Errorf("disk image %s: %w", d.Path, err)
+	}
+	conf, err := vz.NewUSBMassStorageDeviceConfiguration(att)
+	if err != nil {
+		return nil, fmt.Errorf("USB mass storage configuration: %w", err)
+	}
+	dev, err := vz.NewUSBMassStorageDevice(conf)
+	if err != nil {
+		return nil, fmt.Errorf("USB mass storage device: %w", err)
+	}
+	if err := ctrls[0].Attach(dev); err != nil {
+		return nil, err
+	}
+	return func() error { return ctrls[0].Detach(dev) }, nil
 }
 
 // vzVM adapts vz.VirtualMachine to hypervisor.
