@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 )
@@ -27,5 +28,22 @@ func guestFeatures(initrd string) (*features.Features, error) {
 	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	withoutUserNamespaces(&f)
 	return &f, nil
+}
+
+// withoutUserNamespaces takes back what the guest's runc can do but the
+// shim cannot: CRI's user namespace pods join a user namespace CRI pins on
+// the host, which does not exist in the VM (the shim refuses such a spec).
+// CRI reports user namespace support from these features, so a kubelet
+// would otherwise send pods that fail.
+func withoutUserNamespaces(f *features.Features) {
+	if f.Linux == nil {
+		return
+	}
+	f.Linux.Namespaces = slices.DeleteFunc(f.Linux.Namespaces, func(ns string) bool { return ns == "user" })
+	if m := f.Linux.MountExtensions; m != nil && m.IDMap != nil {
+		off := false
+		m.IDMap.Enabled = &off
+	}
 }
