@@ -2,7 +2,6 @@ package agent
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,13 +76,8 @@ func stampable(name string) bool {
 
 // readStamp reads the identifier stamped on the disk at path, if any.
 func readStamp(path string) (string, bool) {
-	f, err := os.Open(path)
+	head, err := diskstamp.Head(path)
 	if err != nil {
-		return "", false
-	}
-	defer f.Close()
-	head := make([]byte, diskstamp.Size)
-	if _, err := io.ReadFull(f, head); err != nil {
 		return "", false
 	}
 	return diskstamp.Parse(head)

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -76,14 +75,9 @@ func (s StampedDisk) Remove() error {
 
 // checkStampable reads the disk's first KiB: zero, or a stamp already.
 func checkStampable(path string) error {
-	f, err := os.Open(path)
+	head, err := diskstamp.Head(path)
 	if err != nil {
 		return err
-	}
-	defer f.Close()
-	head := make([]byte, diskstamp.Size)
-	if _, err := io.ReadFull(f, head); err != nil {
-		return fmt.Errorf("reading its first KiB: %w", err)
 	}
 	return diskstamp.Check(head)
 }

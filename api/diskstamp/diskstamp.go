@@ -11,6 +11,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 )
 
 // Size is the region the stamp may use: the first KiB of the disk.
@@ -49,6 +51,21 @@ func Parse(head []byte) (string, bool) {
 		return "", false
 	}
 	return string(id), true
+}
+
+// Head reads the first Size bytes of the disk (image or device) at path,
+// where a stamp would be.
+func Head(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	head := make([]byte, Size)
+	if _, err := io.ReadFull(f, head); err != nil {
+		return nil, fmt.Errorf("reading the first KiB of %s: %w", path, err)
+	}
+	return head, nil
 }
 
 // ErrInUse is returned by Check for a disk whose first KiB holds data: it

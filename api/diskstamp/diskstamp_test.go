@@ -3,6 +3,8 @@ package diskstamp
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -55,5 +57,22 @@ func TestCheck(t *testing.T) {
 	}
 	if err := Check(bytes.Repeat([]byte{0}, 512)); err == nil {
 		t.Errorf("short disk accepted")
+	}
+}
+
+func TestHead(t *testing.T) {
+	dir := t.TempDir()
+	stamp, _ := Encode("d1")
+	full, short := filepath.Join(dir, "full"), filepath.Join(dir, "short")
+	os.WriteFile(full, append(stamp, make([]byte, 4096)...), 0o644)
+	os.WriteFile(short, make([]byte, 100), 0o644)
+	if h, err := Head(full); err != nil || len(h) != Size || !bytes.Equal(h, stamp) {
+		t.Errorf("Head = %d bytes, %v", len(h), err)
+	}
+	if _, err := Head(short); err == nil {
+		t.Error("a disk shorter than a KiB was read")
+	}
+	if _, err := Head(filepath.Join(dir, "gone")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing disk: %v", err)
 	}
 }

@@ -53,12 +53,8 @@ func (m *Machine) AddDisk(ctx context.Context, d vm.Disk) error {
 		if err != nil {
 			return fmt.Errorf("qemu: vm %s: %w", m.cfg.ID, err)
 		}
-		defer func() {
-			if !ok {
-				st.Remove()
-			}
-		}()
 		path = st.Path
+		// From here freeDiskSlot, on failure or RemoveDisk, removes the clone.
 		m.mu.Lock()
 		m.stamped[d.ID] = st
 		m.mu.Unlock()

@@ -57,7 +57,7 @@ func (m *Machine) AddDisk(ctx context.Context, d vm.Disk) error {
 		return err
 	}
 	h := m.hot
-	if h == nil || h.bus == nil || h.plan.Slots == 0 {
+	if h == nil || h.bus == nil {
 		return fmt.Errorf("vz: vm %s: adding a disk to a running VM needs macOS 15 (USB mass storage) and disk slots: %w", m.id, errdefs.ErrNotImplemented)
 	}
 	h.mu.Lock()

@@ -92,11 +92,11 @@ func isFile(p string) bool { fi, err := os.Stat(p); return err == nil && fi.Mode
 
 func head(t *testing.T, path string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	b, err := diskstamp.Head(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b[:diskstamp.Size]
+	return b
 }
 
 // hotMachine is a started machine with 2 disk slots over a fake USB bus.
