@@ -178,8 +178,13 @@ integration: containerd cni nerdctl crictl
 	@PKGS=./integration/ hack/test.sh
 
 # The guest kernel and initramfs (DESIGN.md §5, §7; hack/guest.sh):
-#   guest        make guest [ARCH=amd64|arm64]: _output/guest/<arch>/{kernel,initrd} from Debian's
-#                kernel package, a static runc and the static agent (needs root the first time: apt)
+#   guest        make guest [ARCH=amd64|arm64]: _output/guest/<arch>/{kernel,initrd} from our kernel
+#                (make kernel), a static runc and the static agent, and the fallback
+#                _output/guest/<arch>/debian/{kernel,initrd} from Debian's kernel package and its
+#                modules (needs root the first time: apt)
+#   kernel       make kernel [ARCH=amd64|arm64]: the guest kernel from Debian's linux-source-6.12
+#                and guest/kconfig/, into _output/kernel/<arch>/ (hack/kernel.sh; cached by
+#                source version and config in KERNEL_CACHE, default /var/cache/containerd-vz/kernel)
 #   guest-deps   the Debian packages guest needs for ARCH (cross compiler, libseccomp, QEMU)
 #   runc-static  the static runc alone, into _output/runc/<arch>/runc
 #   guest-check  rebuild the image of ARCH and fail unless it is byte-identical (reproducibility)
@@ -189,6 +194,10 @@ ARCH ?= $(HOSTARCH)
 .PHONY: guest
 guest:
 	@hack/guest.sh all $(ARCH)
+
+.PHONY: kernel
+kernel:
+	@hack/kernel.sh $(ARCH)
 
 .PHONY: guest-deps
 guest-deps:
@@ -255,11 +264,11 @@ install:
 		install -d "$$dest"; \
 		install -m 0755 $(CNI_BIN)/* "$$dest/"; \
 	fi
-	@for d in _output/guest/*/; do \
+	@for d in _output/guest/*/ _output/guest/*/debian/; do \
 		[ -f "$$d/kernel" ] || continue; \
-		arch=$$(basename "$$d"); \
+		sub=$${d#_output/guest/}; \
 		if [ ! -f "$$d/initrd" ]; then echo "make install: $$d has a kernel but no initrd" >&2; exit 1; fi; \
-		dest="$(DESTDIR)$(PREFIX)/share/containerd-vz/guest/$$arch"; \
+		dest="$(DESTDIR)$(PREFIX)/share/containerd-vz/guest/$${sub%/}"; \
 		echo "install $${d}kernel $${d}initrd $$dest/"; \
 		install -d "$$dest"; \
 		install -m 0644 "$$d/kernel" "$$d/initrd" "$$dest/"; \

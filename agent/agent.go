@@ -37,6 +37,9 @@ type Config struct {
 	// Shutdown is called when the shim asks the agent to end (Shutdown
 	// with no container left).
 	Shutdown func()
+	// Boot, when not nil, is the guest's boot trace: Serve marks "serving"
+	// in it and Info reports it.
+	Boot *BootTrace
 }
 
 // Agent serves one guest.
@@ -71,6 +74,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 			events:     q,
 			streams:    ss,
 			shutdown:   cfg.Shutdown,
+			boot:       cfg.Boot,
 			containers: make(map[string]*container),
 			byPid:      make(map[int]*process),
 			early:      make(map[int]runc.Exit),
@@ -110,7 +114,7 @@ func (a *Agent) Serve(ctx context.Context, lf transport.ListenerFactory) error {
 		return err
 	}
 	taskAPI.RegisterTTRPCTaskService(srv, a.tasks)
-	agentapi.RegisterSystemService(srv, &systemService{init: a.cfg.Init, ports: a.ports, ctx: ctx})
+	agentapi.RegisterSystemService(srv, &systemService{init: a.cfg.Init, ports: a.ports, boot: a.cfg.Boot, ctx: ctx})
 	agentapi.RegisterBundleService(srv, &bundleService{dir: filepath.Join(a.cfg.StateDir, "bundles"), tasks: a.tasks})
 	agentapi.RegisterEventsService(srv, &eventService{q: a.events})
 
@@ -135,6 +139,7 @@ func (a *Agent) Serve(ctx context.Context, lf transport.ListenerFactory) error {
 			errc <- err
 		}
 	}()
+	a.cfg.Boot.Mark("serving")
 	log.G(ctx).Info("agent serving")
 	select {
 	case <-ctx.Done():

@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/vz-shim/containerd-shim-vz/agent/sysinit"
@@ -19,6 +20,7 @@ import (
 type systemService struct {
 	init  bool
 	ports *portWatch
+	boot  *BootTrace
 	// ctx is the agent's: what Setup starts lives as long as the agent.
 	ctx context.Context
 }
@@ -35,6 +37,8 @@ func (s *systemService) Info(ctx context.Context, _ *agentapi.InfoRequest) (*age
 		KernelRelease: unix.ByteSliceToString(u.Release[:]),
 		Pid:           uint32(os.Getpid()),
 		Init:          s.init,
+		Boot:          s.boot.Phases(),
+		Uptime:        durationpb.New(sysinit.Uptime()),
 	}, nil
 }
 

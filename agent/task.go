@@ -51,6 +51,7 @@ type taskService struct {
 	events     *eventQueue
 	streams    *streams
 	shutdown   func()
+	boot       *BootTrace
 
 	mu         sync.Mutex
 	containers map[string]*container // a nil value reserves an id during Create
@@ -139,6 +140,7 @@ func (s *taskService) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) 
 	if err := c.mountRootfs(); err != nil {
 		return nil, err
 	}
+	s.boot.Mark("rootfs") // the first container's, in the boot trace
 	defer func() {
 		if retErr != nil {
 			c.unmountRootfs(ctx)

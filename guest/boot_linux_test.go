@@ -12,9 +12,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
+	"github.com/vz-shim/containerd-shim-vz/guest"
 	"github.com/vz-shim/containerd-shim-vz/guest/cpio"
 	"github.com/vz-shim/containerd-shim-vz/transport"
 )
@@ -50,7 +51,7 @@ var qemuArch = map[string]struct {
 func TestBoot(t *testing.T) {
 	for _, img := range guestImages(t) {
 		arch := img.arch
-		t.Run(arch, func(t *testing.T) {
+		t.Run(img.name, func(t *testing.T) {
 			q := qemuArch[arch]
 			if _, err := exec.LookPath(q.binary); err != nil {
 				t.Skipf("SKIPPING THE GUEST BOOT TEST: no %s (Debian package %s; `hack/guest.sh deps %s` installs it)", q.binary, q.pkg, arch)
@@ -68,7 +69,14 @@ func other(arch string) string {
 }
 
 func boot(t *testing.T, arch, kernel, initrd string) {
-	release := initrdRelease(t, initrd)
+	image, err := os.ReadFile(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := guest.KernelRelease(image)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
 		t.Fatal(err)
@@ -223,22 +231,6 @@ func boot(t *testing.T, arch, kernel, initrd string) {
 	}
 }
 
-// initrdRelease returns the kernel release the initramfs holds modules for
-// (lib/modules/<release>), which the kernel package named.
-func initrdRelease(t *testing.T, initrd string) string {
-	t.Helper()
-	var release string
-	walkInitrd(t, initrd, func(h *cpio.Header, _ io.Reader) {
-		if rel, ok := strings.CutPrefix(h.Name, "lib/modules/"); ok && h.Type() == cpio.TypeDir && !strings.Contains(rel, "/") {
-			release = rel
-		}
-	})
-	if release == "" {
-		t.Fatalf("%s: no lib/modules/<release> directory", initrd)
-	}
-	return release
-}
-
 // walkInitrd calls fn for each entry of a (gzip-compressed or plain) cpio archive.
 func walkInitrd(t *testing.T, initrd string, fn func(h *cpio.Header, r io.Reader)) {
 	t.Helper()
@@ -269,10 +261,12 @@ func walkInitrd(t *testing.T, initrd string, fn func(h *cpio.Header, r io.Reader
 	}
 }
 
-type guestImage struct{ arch, dir string }
+// guestImage is a built guest: name is "<arch>" for ours, "<arch>/debian"
+// for the fallback with Debian's kernel.
+type guestImage struct{ arch, name, dir string }
 
 // guestImages returns the images to test: the host architecture's always
-// (skipping loudly when it was not built), the other one when it was built.
+// (skipping loudly when they were not built), the other one's when built.
 func guestImages(t *testing.T) []guestImage {
 	dir := os.Getenv("VZ_GUEST_DIR")
 	if dir == "" {
@@ -280,17 +274,21 @@ func guestImages(t *testing.T) []guestImage {
 	}
 	var out []guestImage
 	for _, arch := range []string{runtime.GOARCH, other(runtime.GOARCH)} {
-		_, kerr := os.Stat(filepath.Join(dir, arch, "kernel"))
-		_, ierr := os.Stat(filepath.Join(dir, arch, "initrd"))
-		if missing := errors.Join(kerr, ierr); missing != nil {
-			if arch == runtime.GOARCH {
-				t.Skipf("SKIPPING: no %s guest image (%v): run `make guest ARCH=%s`", arch, missing, arch)
+		// Ours (hack/kernel.sh), then the fallback of Debian's kernel.
+		for _, flavour := range []string{"", "debian"} {
+			d := filepath.Join(dir, arch, flavour)
+			_, kerr := os.Stat(filepath.Join(d, "kernel"))
+			_, ierr := os.Stat(filepath.Join(d, "initrd"))
+			if missing := errors.Join(kerr, ierr); missing != nil {
+				if arch == runtime.GOARCH {
+					t.Skipf("SKIPPING: no %s guest image in %s (%v): run `make guest ARCH=%s`", arch, d, missing, arch)
+				}
+				// Optional: not a skip, which CI would count as a test not run.
+				t.Logf("no %s guest image in %s (%v): not testing it; `make guest ARCH=%s` builds it", arch, d, missing, arch)
+				continue
 			}
-			// Optional: not a skip, which CI would count as a test not run.
-			t.Logf("no %s guest image (%v): not testing it; `make guest ARCH=%s` builds it", arch, missing, arch)
-			continue
+			out = append(out, guestImage{arch: arch, name: path.Join(arch, flavour), dir: d})
 		}
-		out = append(out, guestImage{arch, filepath.Join(dir, arch)})
 	}
 	return out
 }

@@ -29,7 +29,7 @@ func TestModulesDepMatchesDepmod(t *testing.T) {
 		}
 	}
 	for _, img := range guestImages(t) {
-		t.Run(img.arch, func(t *testing.T) {
+		t.Run(img.name, func(t *testing.T) {
 			root := t.TempDir()
 			var ours []byte
 			var release string
@@ -55,6 +55,13 @@ func TestModulesDepMatchesDepmod(t *testing.T) {
 					t.Fatal(err)
 				}
 			})
+			if !strings.HasSuffix(img.name, "/debian") {
+				// Our kernel has everything built in.
+				if release != "" {
+					t.Fatalf("modules for %s in the initramfs of our kernel, which has none", release)
+				}
+				return
+			}
 			if ours == nil {
 				t.Fatal("no modules.dep in the initramfs")
 			}

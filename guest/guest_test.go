@@ -432,3 +432,64 @@ func TestInitramfsErrors(t *testing.T) {
 		t.Error("adding the root: no error")
 	}
 }
+
+// A kernel with everything built in (hack/kernel.sh): its release comes from the banner (not from
+// a printf template of it), the initramfs is a plain cpio with no modules directory when asked,
+// and a config with modules enabled is refused.
+func TestBuildKernelImage(t *testing.T) {
+	dir := t.TempDir()
+	img := arm64Image()
+	img = append(img, "Linux version %s (%s)\x00junk Linux version 6.12.117-vz (containerd-vz@containerd-vz) #1 SMP\x00"...)
+	kernel := filepath.Join(dir, "Image")
+	config := filepath.Join(dir, "config")
+	agent := filepath.Join(dir, "vz-agent")
+	runc := filepath.Join(dir, "runc")
+	for f, b := range map[string][]byte{
+		kernel: img,
+		config: []byte("CONFIG_64BIT=y\n# CONFIG_MODULES is not set\n"),
+		agent:  fake.ELF(elf.EM_AARCH64, map[string][]byte{".text": []byte("agent")}, false),
+		runc:   fake.ELF(elf.EM_AARCH64, map[string][]byte{".text": []byte("runc")}, false),
+	} {
+		if err := os.WriteFile(f, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := Config{Arch: "arm64", KernelImage: kernel, KernelConfig: config, Agent: agent, Runc: runc, Uncompressed: true}
+	got, err := Build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Kernel.Release != "6.12.117-vz" || len(got.Kernel.Modules) != 0 {
+		t.Errorf("release %q, %d modules; want 6.12.117-vz and none", got.Kernel.Release, len(got.Kernel.Modules))
+	}
+	if !bytes.HasPrefix(got.Initrd, []byte("070701")) || int64(len(got.Initrd)) != got.InitrdSize {
+		t.Errorf("initrd starts % x (%d bytes, %d uncompressed): want a plain newc cpio", got.Initrd[:6], len(got.Initrd), got.InitrdSize)
+	}
+	r := cpio.NewReader(bytes.NewReader(got.Initrd))
+	for {
+		h, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(h.Name, "lib/modules") {
+			t.Errorf("%s in the initramfs of a kernel without modules", h.Name)
+		}
+	}
+
+	os.WriteFile(config, []byte("CONFIG_MODULES=y\n"), 0o644)
+	if _, err := Build(cfg); err == nil || !strings.Contains(err.Error(), "CONFIG_MODULES=y") {
+		t.Errorf("a config with modules: %v, want refused", err)
+	}
+	cfg.KernelDeb = "x.deb"
+	if _, err := Build(cfg); err == nil {
+		t.Error("both a package and an image: no error")
+	}
+	os.WriteFile(kernel, arm64Image(), 0o644)
+	cfg.KernelDeb, cfg.KernelConfig = "", ""
+	if _, err := Build(cfg); err == nil || !strings.Contains(err.Error(), "banner") {
+		t.Errorf("an image without a banner: %v, want an error naming the banner", err)
+	}
+}

@@ -385,3 +385,58 @@ func bootImage(arch string, img []byte) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("unsupported arch %q", arch)
 }
+
+// ReadKernelImage reads a kernel built for the guest with everything built
+// in (hack/kernel.sh): an x86 bzImage or an arm64 Image, and config, its
+// .config when not empty. It takes the release from the kernel's banner and
+// fails when config shows modules enabled: the image carries none.
+func ReadKernelImage(file, config, arch string) (*Kernel, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	img, err := bootImage(arch, b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	k := &Kernel{Image: img}
+	if k.Release, err = KernelRelease(img); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	if config != "" {
+		f, err := os.Open(config)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if k.Config, err = parseConfig(f); err != nil {
+			return nil, fmt.Errorf("%s: %w", config, err)
+		}
+		if k.Config["CONFIG_MODULES"] == "y" {
+			return nil, fmt.Errorf("%s: CONFIG_MODULES=y: the guest image has no modules, build everything in", config)
+		}
+	}
+	return k, nil
+}
+
+// KernelRelease finds the release (uname -r) in the kernel's "Linux version
+// <release> (builder) #…" banner, which an uncompressed image (vmlinux,
+// arm64 Image) holds as text. A printf template of it (with "%s") is not
+// the banner.
+func KernelRelease(img []byte) (string, error) {
+	const prefix = "Linux version "
+	for rest := img; ; {
+		i := bytes.Index(rest, []byte(prefix))
+		if i < 0 {
+			return "", errors.New("no \"Linux version\" banner: not an uncompressed kernel image")
+		}
+		rest = rest[i+len(prefix):]
+		end := bytes.IndexAny(rest, " \x00\n")
+		if end <= 0 {
+			continue
+		}
+		if r := string(rest[:end]); !strings.Contains(r, "%") && r[0] >= '0' && r[0] <= '9' {
+			return r, nil
+		}
+	}
+}

@@ -33,6 +33,11 @@ var Modules = []string{
 	"virtiofs",
 	// VZ's entropy device, so the guest's RNG needs no wait.
 	"virtio_rng",
+	// Free page reporting: freed guest memory goes back to the host.
+	"virtio_balloon",
+	// Layers of containerd's erofs snapshotter, and xfs disks.
+	"erofs",
+	"xfs",
 }
 
 // OptionalModules are in the image too, but the agent loads a group (and

@@ -10,6 +10,7 @@ packages=(
 	busybox-static    # static /bin/busybox for test images and the guest initramfs
 	cpio              # initramfs assembly
 	e2fsprogs         # mkfs.ext4 / e2fsck for ext4 layer images
+	erofs-utils       # mkfs.erofs: EROFS layers for containerd's erofs snapshotter (integration)
 	gcc               # cgo, needed by go test -race
 	git
 	iptables          # the CNI plugins of the default network (bridge ipMasq, portmap, firewall)

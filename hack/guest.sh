@@ -3,9 +3,11 @@
 #
 #   hack/guest.sh STEP ARCH      ARCH is amd64 or arm64
 #
-# Steps (each idempotent; `all` runs deps, deb, busybox, runc, agent, image in order):
+# Steps (each idempotent; `all` runs deps, kernel, deb, busybox, runc, agent, image in order):
 #   deps    Debian packages the other steps need (cross compiler, libseccomp, QEMU); runs apt
 #           only when something is missing, and adds the foreign dpkg architecture only then.
+#   kernel  the guest kernel built from Debian's linux-source-6.12 with guest/kconfig/
+#           (hack/kernel.sh; cached outside the checkout) into _output/kernel/<arch>/.
 #   deb     the Debian kernel package that linux-image-<arch> depends on, into
 #           _output/debs/<arch>/ (kept: skipped when a kernel .deb is already there).
 #   busybox busybox-static:<arch> into _output/debs/<arch>/ (kept), not installed: the integration
@@ -13,9 +15,11 @@
 #   runc    static runc (RUNC_VERSION) into _output/runc/<arch>/runc (kept: skipped when built
 #           with the same version and tags).
 #   agent   the static guest agent into _output/agent/<arch>/vz-agent.
-#   image   cmd/vz-guest: kernel + initrd into _output/guest/<arch>/.
-#   check   builds the image a second time into a temporary directory and fails unless it is
-#           byte-identical to _output/guest/<arch>/ (reproducibility).
+#   image   cmd/vz-guest: kernel + initrd into _output/guest/<arch>/ from our kernel (the
+#           default), and into _output/guest/<arch>/debian/ from Debian's kernel and its modules
+#           (the fallback: runtime options kernel and initrd).
+#   check   builds the images a second time into a temporary directory and fails unless they are
+#           byte-identical to those in _output/guest/<arch>/ (reproducibility).
 #
 # Environment: GO (default go), SOURCE_DATE_EPOCH (mtime of initramfs entries, default 0).
 set -euo pipefail
@@ -27,7 +31,7 @@ RUNC_VERSION=v1.5.2
 GO=${GO:-go}
 
 usage() {
-	echo "usage: hack/guest.sh deps|deb|busybox|runc|agent|image|check|all amd64|arm64" >&2
+	echo "usage: hack/guest.sh deps|kernel|deb|busybox|runc|agent|image|check|all amd64|arm64" >&2
 	exit 2
 }
 [ $# -eq 2 ] || usage
@@ -202,9 +206,15 @@ build_tool() {
 	"$GO" build -o "$tool" ./cmd/vz-guest
 }
 
+kernel_file=$root/_output/kernel/$arch/kernel
+
+# image DIR writes the image of our kernel into DIR and that of Debian's into DIR/debian.
 image() {
-	"$tool" -deb "$(deb_file)" -agent "$agent_dir/vz-agent" -runc "$runc_dir/runc" \
+	[ -f "$kernel_file" ] || { log "no $kernel_file (run: hack/guest.sh kernel $arch)"; exit 1; }
+	"$tool" -kernel "$kernel_file" -uncompressed -agent "$agent_dir/vz-agent" -runc "$runc_dir/runc" \
 		-arch "$arch" -out "$1"
+	"$tool" -deb "$(deb_file)" -agent "$agent_dir/vz-agent" -runc "$runc_dir/runc" \
+		-arch "$arch" -out "$1/debian"
 }
 
 step_image() {
@@ -214,9 +224,10 @@ step_image() {
 	# mounts from them). Only a runc of this machine's architecture can run here to say.
 	if [ "$arch" = "$host_arch" ]; then
 		"$runc_dir/runc" features >"$out_dir/runc-features.json.tmp"
+		cp "$out_dir/runc-features.json.tmp" "$out_dir/debian/runc-features.json"
 		mv "$out_dir/runc-features.json.tmp" "$out_dir/runc-features.json"
 	else
-		rm -f "$out_dir/runc-features.json"
+		rm -f "$out_dir/runc-features.json" "$out_dir/debian/runc-features.json"
 		log "no runc-features.json for $arch: its runc cannot run on $host_arch (the shim then reports no features)"
 	fi
 }
@@ -228,7 +239,7 @@ step_check() {
 	trap 'rm -rf "$tmp"' RETURN
 	image "$tmp" >/dev/null
 	local f a b
-	for f in kernel initrd; do
+	for f in kernel initrd debian/kernel debian/initrd; do
 		a=$(sha256sum <"$out_dir/$f")
 		b=$(sha256sum <"$tmp/$f")
 		if [ "$a" != "$b" ]; then
@@ -241,6 +252,7 @@ step_check() {
 
 case "$step" in
 deps) step_deps ;;
+kernel) hack/kernel.sh "$arch" ;;
 deb) step_deb ;;
 busybox) download busybox-static ;;
 runc) step_runc ;;
@@ -249,6 +261,7 @@ image) step_image ;;
 check) step_check ;;
 all)
 	step_deps
+	hack/kernel.sh "$arch"
 	step_deb
 	download busybox-static
 	step_runc

@@ -3,6 +3,8 @@ package integration
 import (
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -11,38 +13,136 @@ import (
 	"time"
 )
 
-// BenchmarkRunEcho: `ctr run --rm IMAGE ID echo hi`, end to end, with each runtime side by side
-// (BenchmarkRunEcho/runc, BenchmarkRunEcho/vz). For vz it also reports the guest boot time when
-// the shim logs it (boot-ms/op).
-//
-// BenchmarkRunEcho/vz runs with the default network mode (cni: a namespace, CNI's bridge, a tap);
-// BenchmarkRunEcho/vz-user with network = "user" (QEMU's NAT), for the cost of the network.
+// BenchmarkRunEcho: `ctr run --rm IMAGE ID echo hi`, end to end, with each runtime side by side:
+// runc, vz (our kernel, the default network: a namespace, CNI's bridge, a tap), vz-user (network =
+// "user", QEMU's NAT: the cost of the network) and vz-debian (Debian's kernel and its modules, the
+// fallback). For vz it also reports the guest boot time (boot-ms/op) and prints the shim's boot
+// trace (shim/boottrace.go), each phase's mean end time and duration, and then every case's time
+// per run as a ratio to runc's in the same run.
 func BenchmarkRunEcho(b *testing.B) {
 	cases := runtimeCases()
-	cases = append(cases, runtimeCase{name: "vz-user", runtime: vzRuntime, vm: true})
+	cases = append(cases,
+		runtimeCase{name: "vz-user", runtime: vzRuntime, vm: true},
+		runtimeCase{name: "vz-debian", runtime: vzRuntime, vm: true})
+	perRun := make(map[string]time.Duration)
+	var order []string
 	for _, rt := range cases {
 		b.Run(rt.name, func(b *testing.B) {
 			h := newHarness(b, rt)
-			if rt.name == "vz-user" {
+			switch rt.name {
+			case "vz-user":
 				h.vzConfig = h.d.vzUser
+			case "vz-debian":
+				h.vzConfig = debianRuntimeConfig(b, h.d.bin)
 			}
 			logStart := h.d.logSize()
+			start := time.Now()
+			n := 0
 			for b.Loop() {
 				h.ids = h.ids[:0] // only an ID left by a failed run needs the harness's cleanup
 				id := h.newID("bench")
 				if out := h.ctrOK(h.runArgs(h.rmFlags(), id, "echo", "hi")...); out != "hi\n" {
 					b.Fatalf("ctr run: %q, want hi", out)
 				}
+				n++
 			}
-			if boots := bootTimes(h.d.logSince(logStart)); len(boots) > 0 {
+			if _, ok := perRun[rt.name]; !ok {
+				order = append(order, rt.name)
+			}
+			perRun[rt.name] = time.Since(start) / time.Duration(max(n, 1))
+			log := h.d.logSince(logStart)
+			if boots := bootTimes(log); len(boots) > 0 {
 				var sum time.Duration
 				for _, d := range boots {
 					sum += d
 				}
 				b.ReportMetric(float64(sum.Milliseconds())/float64(len(boots)), "boot-ms/op")
 			}
+			// Printed, not logged: the testing package cuts a benchmark's log short.
+			if tr := parseBootTraces(log); len(tr.phases) > 0 {
+				fmt.Printf("boot trace of %s, mean of %d runs:\n%s", rt.name, tr.runs, tr.table())
+			}
 		})
 	}
+	if base, ok := perRun["runc"]; ok && base > 0 {
+		var sb strings.Builder
+		fmt.Fprintf(&sb, "%-10s %10s %8s\n", "runtime", "per run", "×runc")
+		for _, name := range order {
+			fmt.Fprintf(&sb, "%-10s %10s %7.1f×\n", name, perRun[name].Round(time.Millisecond), float64(perRun[name])/float64(base))
+		}
+		fmt.Printf("ctr run --rm … echo hi, side by side:\n%s", sb.String())
+	}
+}
+
+// debianRuntimeConfig writes the vz runtime's options with the fallback guest: Debian's kernel
+// and the initrd with its modules.
+func debianRuntimeConfig(tb testing.TB, bin binaries) string {
+	tb.Helper()
+	q := strconv.Quote
+	file := filepath.Join(tb.TempDir(), "vz-runtime-debian.toml")
+	body := "accel = \"tcg\"\nkernel = " + q(bin.debianKernel) + "\ninitrd = " + q(bin.debianInitrd) + "\n"
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return file
+}
+
+// bootTraceRE matches the shim's boot trace lines as containerd relays them:
+//
+//	time="…" level=info msg="boot trace" at=1.234s id=x phase="kernel entered" … took=95ms
+var bootTraceRE = regexp.MustCompile(`msg="boot trace"`)
+
+var logFieldRE = regexp.MustCompile(`(\w+)=("(?:[^"\\]|\\.)*"|\S+)`)
+
+// bootTraces are the boot trace lines of many runs: per phase, the sums of "at" and "took".
+type bootTraces struct {
+	runs   int // the most runs any phase was seen in
+	phases []string
+	at     map[string]time.Duration
+	took   map[string]time.Duration
+	count  map[string]int
+}
+
+func parseBootTraces(log string) bootTraces {
+	tr := bootTraces{at: map[string]time.Duration{}, took: map[string]time.Duration{}, count: map[string]int{}}
+	for _, line := range strings.Split(log, "\n") {
+		if !bootTraceRE.MatchString(line) {
+			continue
+		}
+		f := map[string]string{}
+		for _, m := range logFieldRE.FindAllStringSubmatch(line, -1) {
+			v := m[2]
+			if u, err := strconv.Unquote(v); err == nil {
+				v = u
+			}
+			f[m[1]] = v
+		}
+		at, err1 := time.ParseDuration(f["at"])
+		took, err2 := time.ParseDuration(f["took"])
+		phase := f["phase"]
+		if phase == "" || err1 != nil || err2 != nil {
+			continue
+		}
+		if tr.count[phase] == 0 {
+			tr.phases = append(tr.phases, phase)
+		}
+		tr.count[phase]++
+		tr.at[phase] += at
+		tr.took[phase] += took
+		tr.runs = max(tr.runs, tr.count[phase])
+	}
+	return tr
+}
+
+// table prints one line per phase: its mean end (since the shim's Create began) and duration.
+func (tr bootTraces) table() string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "  %-18s %9s %9s\n", "phase", "at", "took")
+	for _, p := range tr.phases {
+		n := time.Duration(tr.count[p])
+		fmt.Fprintf(&sb, "  %-18s %9s %9s\n", p, (tr.at[p] / n).Round(time.Millisecond), (tr.took[p] / n).Round(time.Millisecond))
+	}
+	return sb.String()
 }
 
 // BenchmarkNetworkThroughput: 1 GiB over TCP from the host to a container in a VM, with the
@@ -133,4 +233,107 @@ time="2026-01-01T00:00:02Z" level=info msg="agent ready" id=b boot="1.25"
 	if !slices.Equal(got, want) {
 		t.Errorf("bootTimes = %v, want %v", got, want)
 	}
+}
+
+func TestParseBootTraces(t *testing.T) {
+	log := `time="t" level=info msg="boot trace" at=1.5s id=a phase="kernel entered" took=500ms
+time="t" level=info msg="boot trace" at=2s id=a phase=exited took=500ms
+time="t" level=info msg="something else" at=9s phase=exited took=9s
+time="t" level=info msg="boot trace" at=2.5s id=b phase="kernel entered" took=1.5s
+`
+	tr := parseBootTraces(log)
+	if !slices.Equal(tr.phases, []string{"kernel entered", "exited"}) || tr.runs != 2 {
+		t.Fatalf("phases %q runs %d, want [kernel entered exited] and 2", tr.phases, tr.runs)
+	}
+	if tr.at["kernel entered"] != 4*time.Second || tr.took["kernel entered"] != 2*time.Second || tr.count["exited"] != 1 {
+		t.Errorf("sums: at %v took %v count %v", tr.at, tr.took, tr.count)
+	}
+	if tab := tr.table(); !strings.Contains(tab, "kernel entered            2s        1s") {
+		t.Errorf("table:\n%s", tab)
+	}
+}
+
+// BenchmarkIdleMemory: the host memory an idle container costs, `sleep` started with `ctr run -d`
+// and left alone for idleSettle: for the VMs the RSS of their QEMU (guest memory it touched, TCG's
+// translation cache, QEMU itself), with our kernel and with Debian's; for runc the RSS of the runc
+// shim and of the container's process. rss-MiB/op is the mean; a table prints them side by side.
+func BenchmarkIdleMemory(b *testing.B) {
+	const idleSettle = 15 * time.Second
+	cases := append(runtimeCases(), runtimeCase{name: "vz-debian", runtime: vzRuntime, vm: true})
+	rss := make(map[string]float64)
+	var order []string
+	for _, rt := range cases {
+		b.Run(rt.name, func(b *testing.B) {
+			h := newHarness(b, rt)
+			if rt.name == "vz-debian" {
+				h.vzConfig = debianRuntimeConfig(b, h.d.bin)
+			}
+			var sum float64
+			n := 0
+			for b.Loop() {
+				id := h.newID("idle")
+				h.ctrOK(h.runArgs(detached(), id, "sleep", "600")...)
+				time.Sleep(idleSettle)
+				pid := h.taskPid(id)
+				var kib int64
+				if rt.vm {
+					if comm := procComm(pid); !strings.HasPrefix(comm, "qemu-system") {
+						b.Fatalf("task pid %d is %q, want QEMU", pid, comm)
+					}
+					kib = procRSS(b, pid)
+				} else {
+					kib = procRSS(b, pid) + procRSS(b, procPPid(b, pid))
+				}
+				sum += float64(kib) / 1024
+				n++
+				h.killAndRemove(id)
+			}
+			b.ReportMetric(sum/float64(max(n, 1)), "rss-MiB/op")
+			if _, ok := rss[rt.name]; !ok {
+				order = append(order, rt.name)
+			}
+			rss[rt.name] = sum / float64(max(n, 1))
+		})
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%-10s %10s\n", "runtime", "idle RSS")
+	for _, name := range order {
+		fmt.Fprintf(&sb, "%-10s %6.1f MiB\n", name, rss[name])
+	}
+	fmt.Printf("an idle `sleep` container, host memory after %s:\n%s", idleSettle, sb.String())
+}
+
+func procComm(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(b))
+}
+
+// procRSS is the VmRSS of pid in KiB.
+func procRSS(tb testing.TB, pid int) int64 {
+	tb.Helper()
+	return procStatusField(tb, pid, "VmRSS")
+}
+
+func procPPid(tb testing.TB, pid int) int {
+	tb.Helper()
+	return int(procStatusField(tb, pid, "PPid"))
+}
+
+func procStatusField(tb testing.TB, pid int, field string) int64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			n, err := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			if err != nil {
+				tb.Fatalf("/proc/%d/status: %s", pid, l)
+			}
+			return n
+		}
+	}
+	tb.Fatalf("/proc/%d/status has no %s", pid, field)
+	return 0
 }

@@ -179,11 +179,22 @@ disabled_plugins = [
     scratch_file = ` + q(scratch) + `
     fs_type = "ext4"
 
+  # containerd's erofs snapshotter in block mode (an ext4 writable layer; TestErofsSnapshotter).
+  # Its layers come from a content cache: Debian 12's mkfs.erofs cannot convert tars, and the
+  # erofs differ refuses to load without that.
+  [plugins.'io.containerd.snapshotter.v1.erofs']
+    default_size = "64M"
+    layer_content_caches = [` + q(d.erofsCache()) + `]
+
   [plugins.'io.containerd.transfer.v1.local']
     # differ named: with the vz differ configured, more than one would match the platform.
     [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
       platform = ` + q(platform) + `
       snapshotter = ` + q(snapshotter) + `
+      differ = "walking"
+    [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+      platform = ` + q(platform) + `
+      snapshotter = "erofs"
       differ = "walking"
     # The directory snapshotter, for the tests of a directory rootfs.
     [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
@@ -192,6 +203,10 @@ disabled_plugins = [
       differ = "walking"
 ` + arm64Unpack
 }
+
+// erofsCache is the erofs snapshotter's layer content cache: <algorithm>/<xx>/<hex>.erofs blobs by
+// layer diffID (containerd's internal/erofsutils.CacheBlobPath).
+func (d *daemon) erofsCache() string { return filepath.Join(d.dir, "erofs-cache") }
 
 // vzRuntimeTOML is the runtime options file given to the vz runtime (ctr --runtime-config-path):
 // TCG because KVM does not work on these machines, and the guest files of this tree.

@@ -39,6 +39,8 @@ type binaries struct {
 	vzShim string // _output/bin/containerd-shim-vz-v1
 	kernel string // _output/guest/<arch>/kernel
 	initrd string // _output/guest/<arch>/initrd
+	// The fallback guest: Debian's kernel and an initrd with its modules.
+	debianKernel, debianInitrd string // _output/guest/<arch>/debian/
 
 	// The snapshotter tests: vzSnapshotter is empty when they cannot run (containerd then runs
 	// without it).
@@ -177,11 +179,13 @@ func discover(bin *binaries) (skipAll, skipVZ string) {
 	guest := filepath.Join(root, "_output", "guest", runtime.GOARCH)
 	bin.kernel = filepath.Join(guest, "kernel")
 	bin.initrd = filepath.Join(guest, "initrd")
+	bin.debianKernel = filepath.Join(guest, "debian", "kernel")
+	bin.debianInitrd = filepath.Join(guest, "debian", "initrd")
 	var missing []string
 	if !isExecutable(bin.vzShim) {
 		missing = append(missing, bin.vzShim+" (make build)")
 	}
-	for _, p := range []string{bin.kernel, bin.initrd} {
+	for _, p := range []string{bin.kernel, bin.initrd, bin.debianKernel, bin.debianInitrd} {
 		if _, err := os.Stat(p); err != nil {
 			missing = append(missing, p+" (make guest)")
 		}

@@ -26,10 +26,13 @@ func (h *harness) rmFlags(extra ...string) []string {
 	return append(append([]string{"--rm"}, h.fifoFlag()...), extra...)
 }
 
-// TestRunEcho: output comes back, and the kernel is the host's for runc, the guest's for vz.
+// TestRunEcho: output comes back, and the kernel is the host's for runc, the guest's for vz. For
+// vz the shim logs its boot trace: every phase once, in order, each "at" no earlier than the one
+// before (shim/boottrace.go).
 func TestRunEcho(t *testing.T) {
 	forEachRuntime(t, func(t *testing.T, h *harness) {
 		id := h.newID("echo")
+		logStart := h.d.logSize()
 		r := h.ctr(h.runArgs(h.rmFlags(), id, "sh", "-c", "echo hello; uname -r")...)
 		if r.code != 0 {
 			t.Fatalf("unexpected exit status: %s", r)
@@ -48,7 +51,38 @@ func TestRunEcho(t *testing.T) {
 			t.Errorf("container saw kernel %s, host has %s", kernel, suite.hostKernel)
 		}
 		t.Logf("kernel %s, ctr run --rm took %s", kernel, r.elapsed.Round(time.Millisecond))
+		if h.rt.vm {
+			checkBootTrace(t, h.d.logSince(logStart), id)
+		}
 	})
+}
+
+// checkBootTrace checks the boot trace the shim logged for task id.
+func checkBootTrace(t *testing.T, log, id string) {
+	t.Helper()
+	want := []string{"prepared", "vmm started", "kernel entered", "init running", "modules loaded",
+		"agent serving", "agent connected", "guest set up", "rootfs mounted", "container created", "container started",
+		"first output", "exited", "vm gone"}
+	var lines []string
+	for _, l := range strings.Split(log, "\n") {
+		if bootTraceRE.MatchString(l) && strings.Contains(l, "id="+id+" ") {
+			lines = append(lines, l)
+		}
+	}
+	tr := parseBootTraces(strings.Join(lines, "\n"))
+	// "guest network" comes only with a network the guest configures from the command line.
+	got := slices.DeleteFunc(slices.Clone(tr.phases), func(p string) bool { return p == "guest network" })
+	if !slices.Equal(got, want) || tr.runs != 1 {
+		t.Fatalf("boot trace phases %q (in %d runs), want %q:\n%s", tr.phases, tr.runs, want, strings.Join(lines, "\n"))
+	}
+	var last time.Duration
+	for _, p := range tr.phases {
+		if tr.at[p] < last {
+			t.Errorf("phase %q ends at %s, before the phase before it (%s):\n%s", p, tr.at[p], last, strings.Join(lines, "\n"))
+		}
+		last = tr.at[p]
+	}
+	t.Logf("boot trace:\n%s", tr.table())
 }
 
 // TestRunExitCode: the task's exit code is ctr run's.

@@ -22,14 +22,17 @@ import (
 // Options are the runtime options of DESIGN §7, read from a TOML file
 // (ctr run --runtime-config-path) or from the CRI runtime's options table.
 type Options struct {
-	Kernel     string   `toml:"kernel"`
-	Initrd     string   `toml:"initrd"`
-	Backend    string   `toml:"backend"`
-	Arch       string   `toml:"arch"`
-	Accel      string   `toml:"accel"`
-	CPUs       int      `toml:"cpus"`
-	MemoryMiB  int      `toml:"memory_mib"`
-	KernelArgs []string `toml:"kernel_args"`
+	Kernel  string `toml:"kernel"`
+	Initrd  string `toml:"initrd"`
+	Backend string `toml:"backend"`
+	Arch    string `toml:"arch"`
+	Accel   string `toml:"accel"`
+	// TCGTBSizeMiB is QEMU's TCG translation cache in MiB (accel tcg): a
+	// smaller one costs less memory per VM and more retranslation (0: 32).
+	TCGTBSizeMiB int      `toml:"tcg_tb_size_mib"`
+	CPUs         int      `toml:"cpus"`
+	MemoryMiB    int      `toml:"memory_mib"`
+	KernelArgs   []string `toml:"kernel_args"`
 	// NetworkSetting is the "network" key as written: "cni", "user",
 	// "none", or the older true ("user") and false ("none"). Network is
 	// the mode it selects.
@@ -235,6 +238,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Accel == "" {
 		o.Accel = defaultAccel(o.Arch)
+	}
+	if o.TCGTBSizeMiB < 0 {
+		return fmt.Errorf("tcg_tb_size_mib %d: want a size in MiB: %w", o.TCGTBSizeMiB, errdefs.ErrInvalidArgument)
 	}
 	if o.CPUs <= 0 {
 		o.CPUs = 2

@@ -46,6 +46,7 @@ func TestLoadOptions(t *testing.T) {
 		"bad arch":    "arch = \"riscv64\"\nkernel=\"/k\"\ninitrd=\"/i\"\n",
 		"bad caching": "disk_caching = \"writeback\"\nkernel=\"/k\"\ninitrd=\"/i\"\n",
 		"bad sync":    "disk_sync = \"always\"\nkernel=\"/k\"\ninitrd=\"/i\"\n",
+		"bad tb size": "tcg_tb_size_mib = -1\nkernel=\"/k\"\ninitrd=\"/i\"\n",
 	} {
 		a, _ := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte(body)})
 		if _, err := loadOptions(t.TempDir(), a); !errdefs.IsInvalidArgument(err) {

@@ -43,6 +43,8 @@ type sandbox struct {
 	// pod is the share of the host paths of the containers that join
 	// the running VM; nil for a VM that no container can join.
 	pod *podShare
+	// trace logs the boot of the first container (bootTrace).
+	trace *bootTrace
 
 	mu         sync.Mutex
 	stopped    bool // the VM was stopped on purpose
@@ -99,6 +101,7 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 		if err := l.Start(ctx); err != nil {
 			return fmt.Errorf("starting the VM: %w", err)
 		}
+		sb.trace.mark(ctx, phaseVMMStarted)
 	} else {
 		if c.hooks.setsUpNetwork() {
 			return fmt.Errorf("prestart and createRuntime hooks need a VMM process on the host, which this backend has not: %w", errdefs.ErrInvalidArgument)
@@ -106,6 +109,7 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 		if err := sb.machine.Start(ctx); err != nil {
 			return fmt.Errorf("starting the VM: %w", err)
 		}
+		sb.trace.mark(ctx, phaseVMMStarted)
 	}
 	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(opts.BootTimeout)*time.Second)
 	conn, err := vm.DialRetry(bootCtx, sb.machine, agentapi.PortControl)
@@ -118,6 +122,8 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 	sb.bundles = agentapi.NewBundleClient(sb.client)
 	sb.sys = agentapi.NewSystemClient(sb.client)
 	log.G(ctx).WithField("boot", time.Since(start)).Info("agent ready")
+	sb.trace.guestInfo(ctx, sb.sys)
+	sb.trace.mark(ctx, phaseConnected)
 
 	setup.Network = sb.net.guest()
 	if setup.ForwardPorts {
@@ -130,6 +136,7 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 	if _, err := sb.sys.Setup(ctx, setup); err != nil {
 		return fmt.Errorf("setting up the guest: %w", errgrpc.ToNative(err))
 	}
+	sb.trace.mark(ctx, phaseSetUp)
 	return nil
 }
 
@@ -209,6 +216,7 @@ func (sb *sandbox) stop(ctx context.Context, last *container) {
 		log.G(ctx).WithError(err).WithField("id", sb.id).Warn("stopping the VM")
 	}
 	cancel()
+	sb.trace.mark(ctx, phaseVMGone)
 	for _, f := range sb.forwarders {
 		f.close()
 	}

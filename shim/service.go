@@ -150,6 +150,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 
 // createSandbox boots the VM with its first container.
 func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *container, retErr error) {
+	trace := newBootTrace(r.ID)
 	if r.Checkpoint != "" {
 		return nil, fmt.Errorf("restoring a checkpoint: %w", errdefs.ErrNotImplemented)
 	}
@@ -209,20 +210,21 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	console := filepath.Join(r.Bundle, "console.log")
 	cpus, memMiB := vmSize(spec, opts.CPUs, opts.MemoryMiB)
 	cfg := vm.Config{
-		ID:          r.ID,
-		Kernel:      opts.Kernel,
-		Initrd:      opts.Initrd,
-		KernelArgs:  kernelArgs(opts, groupOf(spec) != ""),
-		Arch:        opts.Arch,
-		CPUs:        cpus,
-		MemoryMiB:   memMiB,
-		Disks:       rootfs.disks,
-		Shares:      shares,
-		ConsoleLog:  console,
-		StateDir:    stateDir,
-		Accel:       opts.Accel,
-		DiskCaching: opts.DiskCaching,
-		DiskSync:    opts.DiskSync,
+		ID:           r.ID,
+		Kernel:       opts.Kernel,
+		Initrd:       opts.Initrd,
+		KernelArgs:   kernelArgs(opts, groupOf(spec) != ""),
+		Arch:         opts.Arch,
+		CPUs:         cpus,
+		MemoryMiB:    memMiB,
+		Disks:        rootfs.disks,
+		Shares:       shares,
+		ConsoleLog:   console,
+		StateDir:     stateDir,
+		Accel:        opts.Accel,
+		TCGTBSizeMiB: opts.TCGTBSizeMiB,
+		DiskCaching:  opts.DiskCaching,
+		DiskSync:     opts.DiskSync,
 	}
 	var pod *podShare
 	if groupOf(spec) != "" {
@@ -259,6 +261,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		keepConsole: opts.DebugConsole,
 		net:         tnet,
 		pod:         pod,
+		trace:       trace,
 	}
 	c := newContainer(r, sb, spec, hs, rootfs)
 	defer func() {
@@ -273,6 +276,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		Sysctls:      hs.sysctls,
 		ForwardPorts: *opts.ForwardPorts,
 	}
+	trace.mark(ctx, phasePrepared)
 	if err := sb.boot(ctx, c, opts, setup); err != nil {
 		return nil, err
 	}
@@ -282,6 +286,8 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err := s.createInGuest(ctx, c, r, config, rootfs.guest); err != nil {
 		return nil, err
 	}
+	trace.guestInfo(ctx, sb.sys) // rootfs mounted
+	trace.mark(ctx, phaseCreated)
 	s.mu.Lock()
 	s.sb = sb
 	s.mu.Unlock()
@@ -405,7 +411,11 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *taskAPI.Cr
 		return fmt.Errorf("delivering the bundle: %w", errgrpc.ToNative(err))
 	}
 	p := &hostProcess{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal, exited: make(chan struct{})}
-	if p.io, err = openIO(ctx, sb.machine, r.ID, sb.namespace, r.Stdin, r.Stdout, r.Stderr, r.Terminal); err != nil {
+	var onOutput func()
+	if sb.trace != nil && sb.id == r.ID {
+		onOutput = func() { sb.trace.mark(context.WithoutCancel(ctx), phaseFirstOutput) }
+	}
+	if p.io, err = openIO(ctx, sb.machine, r.ID, sb.namespace, r.Stdin, r.Stdout, r.Stderr, r.Terminal, onOutput); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -475,6 +485,9 @@ func (s *service) forwardEvents(sb *sandbox) {
 					cancel()
 					p.exit(e.ExitStatus, protobuf.FromTimestamp(e.ExitedAt))
 					e.Pid, _ = p.pids()
+					if execID == "" && c.id == sb.id {
+						sb.trace.mark(ctx, phaseExited)
+					}
 				}
 			}
 		case *eventstypes.TaskStart:
@@ -594,6 +607,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}
 	p.setPids(c.hostPid(r.ExecID, resp.Pid), resp.Pid)
 	resp.Pid, _ = p.pids()
+	if r.ExecID == "" && c.id == c.sb.id {
+		c.sb.trace.mark(ctx, phaseStarted)
+	}
 	if r.ExecID == "" {
 		// As the runtime spec says: a failed poststart hook is a warning.
 		if err := runHooks(ctx, "poststart", c.hooks.poststart, c.hookState(specs.StateRunning)); err != nil {
@@ -616,7 +632,7 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 	}
 	sb := c.sb
 	p := &hostProcess{execID: r.ExecID, stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal, exited: make(chan struct{})}
-	if p.io, err = openIO(ctx, sb.machine, r.ID, sb.namespace, r.Stdin, r.Stdout, r.Stderr, r.Terminal); err != nil {
+	if p.io, err = openIO(ctx, sb.machine, r.ID, sb.namespace, r.Stdin, r.Stdout, r.Stderr, r.Terminal, nil); err != nil {
 		return nil, errgrpc.ToGRPC(sb.agentErr(err))
 	}
 	_, err = sb.agent.Exec(ctx, &taskAPI.ExecProcessRequest{

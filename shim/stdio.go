@@ -46,7 +46,10 @@ type hostIO struct {
 // openIO opens the host ends and the streams. Streams are opened (and
 // acknowledged by the agent) before the process exists, so nothing it
 // writes can be lost.
-func openIO(ctx context.Context, d transport.Dialer, id, ns, stdin, stdout, stderr string, terminal bool) (_ *hostIO, retErr error) {
+//
+// onOutput, when not nil, is called once, when the first bytes of output
+// (stdout or stderr) have been written to the host's side.
+func openIO(ctx context.Context, d transport.Dialer, id, ns, stdin, stdout, stderr string, terminal bool, onOutput func()) (_ *hostIO, retErr error) {
 	h := &hostIO{stdinDone: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
@@ -82,9 +85,13 @@ func openIO(ctx context.Context, d transport.Dialer, id, ns, stdin, stdout, stde
 	} else {
 		close(h.stdinDone)
 	}
+	var first sync.Once
 	for i, w := range []io.WriteCloser{outs.stdout, outs.stderr} {
 		if w == nil {
 			continue
+		}
+		if onOutput != nil {
+			w = &notifyWriter{WriteCloser: w, once: &first, fn: onOutput}
 		}
 		sid, conn, err := openStream(ctx, d)
 		if err != nil {
@@ -341,4 +348,19 @@ func (h *hostIO) close() {
 			<-done
 		}
 	}
+}
+
+// notifyWriter calls fn once, after its first write.
+type notifyWriter struct {
+	io.WriteCloser
+	once *sync.Once
+	fn   func()
+}
+
+func (w *notifyWriter) Write(b []byte) (int, error) {
+	n, err := w.WriteCloser.Write(b)
+	if n > 0 {
+		w.once.Do(w.fn)
+	}
+	return n, err
 }

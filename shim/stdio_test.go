@@ -60,7 +60,7 @@ func TestHostIOFifos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := openIO(ctx, tr, "c", "ns", in, out, "", false)
+	h, err := openIO(ctx, tr, "c", "ns", in, out, "", false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestHostIOFileAndBinary(t *testing.T) {
 
 	// file://: stdout and stderr append to one file.
 	logFile := filepath.Join(dir, "log")
-	h, err := openIO(ctx, tr, "c", "ns", "", "file://"+logFile, "file://"+logFile, false)
+	h, err := openIO(ctx, tr, "c", "ns", "", "file://"+logFile, "file://"+logFile, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestHostIOFileAndBinary(t *testing.T) {
 	script := filepath.Join(dir, "logger.sh")
 	outFile := filepath.Join(dir, "binary-out")
 	os.WriteFile(script, []byte("#!/bin/sh\nexec 5>&-\ncat <&3 > "+outFile+"\n"), 0o755)
-	h, err = openIO(ctx, tr, "c", "ns", "", "binary://"+script, "binary://"+script, false)
+	h, err = openIO(ctx, tr, "c", "ns", "", "binary://"+script, "binary://"+script, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,6 +55,9 @@ type Config struct {
 	// Accel is the QEMU accelerator ("kvm" or "tcg"); other backends
 	// ignore it.
 	Accel string
+	// TCGTBSizeMiB is the size of TCG's translation cache in MiB (QEMU
+	// with accel tcg; 0: the backend's default).
+	TCGTBSizeMiB int
 	// DiskCaching ("automatic", "cached", "uncached") and DiskSync
 	// ("full", "fsync", "none", for writable disks) are VZ's disk image
 	// modes; "" is the backend's choice. QEMU ignores them.

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,6 +16,10 @@ import (
 // re-executes, so that the new agent knows the switch is done. SwitchRoot
 // removes it from the environment again.
 const SwitchedRootEnv = "VZ_AGENT_SWITCHED_ROOT"
+
+// initUptimeEnv carries the uptime at which the first /init ran across
+// SwitchRoot's re-exec (InitUptime).
+const initUptimeEnv = "VZ_AGENT_INIT_UPTIME"
 
 // newRootDir is where SwitchRoot binds the new root before moving it to "/".
 const newRootDir = "/.sysinit-newroot"
@@ -89,7 +95,8 @@ func SwitchRoot() error {
 	if err := bindRoot(newRootDir); err != nil {
 		return fmt.Errorf("switch root: %w", err)
 	}
-	env := append(os.Environ(), SwitchedRootEnv+"=1")
+	env := append(os.Environ(), SwitchedRootEnv+"=1",
+		fmt.Sprintf("%s=%d", initUptimeEnv, Uptime()))
 	if err := syscall.Exec(exe, os.Args, env); err != nil {
 		return fmt.Errorf("switch root: exec %s: %w", exe, err)
 	}
@@ -140,4 +147,30 @@ func bindRoot(newRoot string) error {
 		return fmt.Errorf("chdir /: %w", err)
 	}
 	return nil
+}
+
+// Uptime is the guest's uptime: CLOCK_BOOTTIME, which starts about when the
+// kernel is entered and counts while the VM is paused or suspended.
+func Uptime() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}
+
+// InitUptime is the uptime at which the kernel ran /init: what the agent
+// that SwitchRoot re-executed was told, else now. Call it after SwitchRoot;
+// it takes the variable out of the environment.
+func InitUptime() time.Duration {
+	v, ok := os.LookupEnv(initUptimeEnv)
+	if !ok {
+		return Uptime()
+	}
+	os.Unsetenv(initUptimeEnv)
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return Uptime()
+	}
+	return time.Duration(n)
 }

@@ -67,6 +67,8 @@ func runInit() error {
 	if err := sysinit.SwitchRoot(); err != nil {
 		return fmt.Errorf("leaving the initramfs: %w", err)
 	}
+	boot := agent.NewBootTrace(sysinit.Uptime)
+	boot.MarkAt("init", sysinit.InitUptime())
 	os.Setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
 	if err := sysinit.MountBase("/"); err != nil {
 		return err
@@ -88,6 +90,7 @@ func runInit() error {
 		// message (no transport device, no disk); the console has this.
 		log.G(ctx).WithError(err).Error("loading kernel modules")
 	}
+	boot.Mark("modules")
 	if err := sysinit.LinkUp("lo"); err != nil {
 		return err
 	}
@@ -97,13 +100,14 @@ func runInit() error {
 		if _, err := agent.ConfigureNetwork(ctx, agent.NetworkDir); err != nil {
 			log.G(ctx).WithError(err).Error("NETWORK NOT CONFIGURED: containers run without network")
 		}
+		boot.Mark("network")
 	}
 	lf, closeT, err := guestTransport(ctx, cmdline)
 	if err != nil {
 		return err
 	}
 	defer closeT()
-	err = serve(agent.Config{StateDir: "/run/vz-agent", Init: true}, lf, func(ctx context.Context) {
+	err = serve(agent.Config{StateDir: "/run/vz-agent", Init: true, Boot: boot}, lf, func(ctx context.Context) {
 		sysinit.Shutdown(ctx, false)
 	})
 	if err != nil {

@@ -1,9 +1,12 @@
 // Command vz-guest builds the guest's kernel and initramfs for one
-// architecture from a Debian kernel package, the static agent and a static
-// runc:
+// architecture from a kernel, the static agent and a static runc. The kernel
+// is either one built for the guest with everything built in (hack/kernel.sh)
+// or a Debian kernel package, whose modules go into the initramfs:
 //
-//	vz-guest -deb linux-image-6.1.0-56-amd64_…_amd64.deb -agent vz-agent -runc runc \
+//	vz-guest -kernel _output/kernel/amd64/kernel -agent vz-agent -runc runc \
 //	    -arch amd64 -out _output/guest/amd64
+//	vz-guest -deb linux-image-6.1.0-56-amd64_…_amd64.deb -agent vz-agent -runc runc \
+//	    -arch amd64 -out _output/guest/amd64/debian
 //
 // It writes OUT/kernel and OUT/initrd and prints their sizes and the modules
 // in the initramfs. Equal inputs give equal bytes; SOURCE_DATE_EPOCH sets the
@@ -37,15 +40,23 @@ func run() error {
 		modules string
 	)
 	flag.StringVar(&cfg.KernelDeb, "deb", "", "Debian kernel package (linux-image-<release>_<version>_<arch>.deb)")
+	flag.StringVar(&cfg.KernelImage, "kernel", "", "kernel with everything built in (x86 bzImage or arm64 Image; hack/kernel.sh)")
+	flag.StringVar(&cfg.KernelConfig, "kernel-config", "", "the .config of -kernel, checked for CONFIG_MODULES (default: config beside it, if there)")
 	flag.StringVar(&cfg.Agent, "agent", "", "static vz-agent binary for -arch (becomes /init)")
 	flag.StringVar(&cfg.Runc, "runc", "", "static runc binary for -arch")
 	flag.StringVar(&cfg.Arch, "arch", runtime.GOARCH, "guest architecture: amd64 or arm64")
 	flag.StringVar(&out, "out", "", "output directory for kernel and initrd")
+	flag.BoolVar(&cfg.Uncompressed, "uncompressed", false, "write the initramfs as a plain cpio archive, not gzip-compressed")
 	flag.StringVar(&modules, "modules", "", "comma-separated kernel modules to include (default: guest.Modules)")
 	flag.Parse()
-	if flag.NArg() > 0 || cfg.KernelDeb == "" || cfg.Agent == "" || cfg.Runc == "" || out == "" {
+	if flag.NArg() > 0 || (cfg.KernelDeb == "") == (cfg.KernelImage == "") || cfg.Agent == "" || cfg.Runc == "" || out == "" {
 		flag.Usage()
-		return fmt.Errorf("need -deb, -agent, -runc and -out")
+		return fmt.Errorf("need -deb or -kernel, -agent, -runc and -out")
+	}
+	if cfg.KernelImage != "" && cfg.KernelConfig == "" {
+		if c := filepath.Join(filepath.Dir(cfg.KernelImage), "config"); fileExists(c) {
+			cfg.KernelConfig = c
+		}
 	}
 	if modules != "" {
 		cfg.Modules = strings.Split(modules, ",")
@@ -91,6 +102,11 @@ func run() error {
 		fmt.Printf("warning: soft dependencies not in the image: %s\n", strings.Join(s, ", "))
 	}
 	return nil
+}
+
+func fileExists(name string) bool {
+	_, err := os.Stat(name)
+	return err == nil
 }
 
 // writeFile replaces file atomically, so a reader never sees half of it.

@@ -212,6 +212,7 @@ func WriteDep(w io.Writer, mods []Module, order []string) error {
 		}
 		return lines[i].Path < lines[j].Path
 	})
+	lines = softdepsFirst(lines)
 
 	bw := bufio.NewWriter(w)
 	for _, m := range lines {
@@ -247,4 +248,38 @@ func WriteDep(w io.Writer, mods []Module, order []string) error {
 		bw.WriteString("\n")
 	}
 	return bw.Flush()
+}
+
+// softdepsFirst moves each module that another's soft dependency names (by
+// name or alias) before that module: the agent loads modules.dep in line
+// order and does not follow soft dependencies, and some module inits fail
+// without theirs (libcrc32c allocates "crc32c", which crc32c_generic
+// provides, and returns ENOENT without it).
+func softdepsFirst(lines []Module) []Module {
+	provides := func(m Module, name string) bool {
+		return m.Name == Name(name) || slices.Contains(m.Aliases, name)
+	}
+	// Each pass moves one module earlier; a cycle of soft dependencies
+	// cannot make it loop forever.
+	for range len(lines) * len(lines) {
+		moved := false
+		for i, m := range lines {
+			for _, s := range m.Softdeps {
+				j := slices.IndexFunc(lines, func(p Module) bool { return p.Name != m.Name && provides(p, s) })
+				if j > i {
+					p := lines[j]
+					lines = slices.Insert(slices.Delete(lines, j, j+1), i, p)
+					moved = true
+					break
+				}
+			}
+			if moved {
+				break
+			}
+		}
+		if !moved {
+			break
+		}
+	}
+	return lines
 }

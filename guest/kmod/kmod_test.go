@@ -181,3 +181,22 @@ func TestWriteDepIncomplete(t *testing.T) {
 		t.Error("WriteDep with a dependency missing from the set: no error")
 	}
 }
+
+// A module that another's soft dependency names comes before it in modules.dep, whatever
+// modules.order says: libcrc32c's init fails without a "crc32c" provider loaded.
+func TestWriteDepSoftdepsFirst(t *testing.T) {
+	mods := []Module{
+		{Path: "kernel/lib/libcrc32c.ko", Info: Info{Name: "libcrc32c", Softdeps: []string{"crc32c"}, Exports: true}},
+		{Path: "kernel/fs/xfs/xfs.ko", Info: Info{Name: "xfs", Depends: []string{"libcrc32c"}}},
+		{Path: "kernel/crypto/crc32c_generic.ko", Info: Info{Name: "crc32c_generic", Aliases: []string{"crc32c"}}},
+	}
+	order := []string{"kernel/lib/libcrc32c.ko", "kernel/fs/xfs/xfs.ko", "kernel/crypto/crc32c_generic.ko"}
+	var b strings.Builder
+	if err := WriteDep(&b, mods, order); err != nil {
+		t.Fatal(err)
+	}
+	want := "kernel/crypto/crc32c_generic.ko:\nkernel/lib/libcrc32c.ko:\nkernel/fs/xfs/xfs.ko: kernel/lib/libcrc32c.ko\n"
+	if b.String() != want {
+		t.Errorf("modules.dep:\n%s\nwant:\n%s", b.String(), want)
+	}
+}

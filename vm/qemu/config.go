@@ -231,6 +231,10 @@ type transportArgs struct {
 	cid   uint32
 }
 
+// DefaultTCGTBSizeMiB is the size of TCG's translation cache, in MiB,
+// unless the config says otherwise.
+const DefaultTCGTBSizeMiB = 32
+
 // qemuBinary is the QEMU system emulator for arch.
 func qemuBinary(arch string) string {
 	if arch == "arm64" {
@@ -248,16 +252,29 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 	if cfg.Accel == "kvm" {
 		cpu = "host"
 	}
-	machine := "q35,accel=" + cfg.Accel
+	machine := "q35"
 	console := "ttyS0"
 	if cfg.Arch == "arm64" {
 		// gic-version=max: GICv2 stops at 8 vCPUs.
-		machine = "virt,accel=" + cfg.Accel + ",gic-version=max"
+		machine = "virt,gic-version=max"
 		console = "ttyAMA0"
+	}
+	accel := cfg.Accel
+	if accel == "tcg" {
+		// QEMU's default translation cache is 1 GiB, and what TCG fills
+		// of it stays in QEMU's RSS: a small one keeps an idle VM small,
+		// a larger one retranslates less (measured here: 16 MiB, 159 MiB
+		// RSS after boot, /init at 1.69 s; 32: 175, 1.55 s; 64: 198, 1.41 s).
+		tb := cfg.TCGTBSizeMiB
+		if tb <= 0 {
+			tb = DefaultTCGTBSizeMiB
+		}
+		accel += ",tb-size=" + strconv.Itoa(tb)
 	}
 	a := []string{
 		"-S",
 		"-M", machine,
+		"-accel", accel,
 		"-cpu", cpu,
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
@@ -290,6 +307,12 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 	// warnings, panics, and the agent's own log. KernelArgs come last, so
 	// "loglevel=7" there brings the full boot log back.
 	cmdline := []string{"console=" + console, "panic=-1", "quiet"}
+	if cfg.Arch == "amd64" {
+		// QEMU's TSC is stable: no clocksource watchdog, no TSC sync
+		// checks while CPUs come up, no timer check (~0.3 s of a TCG
+		// boot here); expedited RCU grace periods shorten the boot too.
+		cmdline = append(cmdline, "tsc=reliable", "no_timer_check", "rcupdate.rcu_expedited=1")
+	}
 	if t.vsock {
 		a = append(a, "-device", fmt.Sprintf("vhost-vsock-pci,guest-cid=%d", t.cid))
 		cmdline = append(cmdline, "vz.transport=vsock")
@@ -305,6 +328,10 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 	a = append(a, "-append", strings.Join(cmdline, " "))
 
 	a = append(a, "-device", "virtio-rng-pci")
+	// The guest hands the pages it frees back to the host (free page
+	// reporting): the initramfs and what a container used and freed do not
+	// stay in QEMU's RSS.
+	a = append(a, "-device", "virtio-balloon-pci,free-page-reporting=on")
 	for i, d := range cfg.Disks {
 		drive := fmt.Sprintf("file=%s,format=raw,if=none,id=drive%d,cache=writeback,aio=threads", optEscape(d.Path), i)
 		if d.ReadOnly {

@@ -96,7 +96,9 @@ func TestCommandAmd64Serial(t *testing.T) {
 	dir := filepath.Dir(cfg.Kernel)
 	for _, want := range [][]string{
 		{"-S"},
-		{"-M", "q35,accel=tcg"},
+		{"-M", "q35"},
+		{"-accel", "tcg,tb-size=32"},
+		{"-device", "virtio-balloon-pci,free-page-reporting=on"},
 		{"-cpu", "max"},
 		{"-nodefaults", "-no-user-config"},
 		{"-no-reboot"},
@@ -129,7 +131,7 @@ func TestCommandAmd64Serial(t *testing.T) {
 		t.Errorf("serial transport with a vsock device: %q", argv)
 	}
 	// Ours first, the caller's last so they can override.
-	if got, want := argValue(t, argv, "-append"), "console=ttyS0 panic=-1 quiet vz.transport=serial vz.port=agent vz.debug=1 loglevel=7"; got != want {
+	if got, want := argValue(t, argv, "-append"), "console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check rcupdate.rcu_expedited=1 vz.transport=serial vz.port=agent vz.debug=1 loglevel=7"; got != want {
 		t.Errorf("-append %q, want %q", got, want)
 	}
 	if m.CID() != 0 {
@@ -155,7 +157,8 @@ func TestCommandArm64Vsock(t *testing.T) {
 		t.Errorf("CID %d", m.CID())
 	}
 	for _, want := range [][]string{
-		{"-M", "virt,accel=tcg,gic-version=max"},
+		{"-M", "virt,gic-version=max"},
+		{"-accel", "tcg,tb-size=32"},
 		{"-cpu", "max"},
 		{"-device", fmt.Sprintf("vhost-vsock-pci,guest-cid=%d", m.CID())},
 		{"-chardev", "null,id=console", "-serial", "chardev:console"},

@@ -9,6 +9,7 @@ package agentapi
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -66,7 +67,13 @@ type InfoResponse struct {
 	KernelRelease string `protobuf:"bytes,2,opt,name=kernel_release,json=kernelRelease,proto3" json:"kernel_release,omitempty"`
 	Pid           uint32 `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
 	// init is true when the agent is the guest's PID 1.
-	Init          bool `protobuf:"varint,4,opt,name=init,proto3" json:"init,omitempty"`
+	Init bool `protobuf:"varint,4,opt,name=init,proto3" json:"init,omitempty"`
+	// boot are the guest's boot phases in the order they ended, each at
+	// the guest's uptime (CLOCK_BOOTTIME: since the kernel started its
+	// clock, about when it was entered): the shim's boot trace.
+	Boot []*BootPhase `protobuf:"bytes,5,rep,name=boot,proto3" json:"boot,omitempty"`
+	// uptime is the guest's uptime when the agent answered.
+	Uptime        *durationpb.Duration `protobuf:"bytes,6,opt,name=uptime,proto3" json:"uptime,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -129,6 +136,75 @@ func (x *InfoResponse) GetInit() bool {
 	return false
 }
 
+func (x *InfoResponse) GetBoot() []*BootPhase {
+	if x != nil {
+		return x.Boot
+	}
+	return nil
+}
+
+func (x *InfoResponse) GetUptime() *durationpb.Duration {
+	if x != nil {
+		return x.Uptime
+	}
+	return nil
+}
+
+// BootPhase is a step of the guest's boot and when it ended.
+type BootPhase struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name: "init" (/init running), "modules" (kernel modules loaded),
+	// "network" (NICs configured), "serving" (the agent listens).
+	Name          string               `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Uptime        *durationpb.Duration `protobuf:"bytes,2,opt,name=uptime,proto3" json:"uptime,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BootPhase) Reset() {
+	*x = BootPhase{}
+	mi := &file_agent_v1_system_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BootPhase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BootPhase) ProtoMessage() {}
+
+func (x *BootPhase) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_system_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BootPhase.ProtoReflect.Descriptor instead.
+func (*BootPhase) Descriptor() ([]byte, []int) {
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BootPhase) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BootPhase) GetUptime() *durationpb.Duration {
+	if x != nil {
+		return x.Uptime
+	}
+	return nil
+}
+
 type SetupRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Hostname string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
@@ -154,7 +230,7 @@ type SetupRequest struct {
 
 func (x *SetupRequest) Reset() {
 	*x = SetupRequest{}
-	mi := &file_agent_v1_system_proto_msgTypes[2]
+	mi := &file_agent_v1_system_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -166,7 +242,7 @@ func (x *SetupRequest) String() string {
 func (*SetupRequest) ProtoMessage() {}
 
 func (x *SetupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[2]
+	mi := &file_agent_v1_system_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -179,7 +255,7 @@ func (x *SetupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupRequest.ProtoReflect.Descriptor instead.
 func (*SetupRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{2}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SetupRequest) GetHostname() string {
@@ -238,7 +314,7 @@ type PortEvent struct {
 
 func (x *PortEvent) Reset() {
 	*x = PortEvent{}
-	mi := &file_agent_v1_system_proto_msgTypes[3]
+	mi := &file_agent_v1_system_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +326,7 @@ func (x *PortEvent) String() string {
 func (*PortEvent) ProtoMessage() {}
 
 func (x *PortEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[3]
+	mi := &file_agent_v1_system_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +339,7 @@ func (x *PortEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortEvent.ProtoReflect.Descriptor instead.
 func (*PortEvent) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{3}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PortEvent) GetProtocol() string {
@@ -303,7 +379,7 @@ type Network struct {
 
 func (x *Network) Reset() {
 	*x = Network{}
-	mi := &file_agent_v1_system_proto_msgTypes[4]
+	mi := &file_agent_v1_system_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -315,7 +391,7 @@ func (x *Network) String() string {
 func (*Network) ProtoMessage() {}
 
 func (x *Network) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[4]
+	mi := &file_agent_v1_system_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -328,7 +404,7 @@ func (x *Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Network.ProtoReflect.Descriptor instead.
 func (*Network) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{4}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Network) GetInterfaces() []*Interface {
@@ -383,7 +459,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_v1_system_proto_msgTypes[5]
+	mi := &file_agent_v1_system_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -395,7 +471,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[5]
+	mi := &file_agent_v1_system_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -408,7 +484,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{5}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Interface) GetMac() string {
@@ -457,7 +533,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_v1_system_proto_msgTypes[6]
+	mi := &file_agent_v1_system_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +545,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[6]
+	mi := &file_agent_v1_system_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +558,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Route) GetDestination() string {
@@ -544,7 +620,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_agent_v1_system_proto_msgTypes[7]
+	mi := &file_agent_v1_system_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +632,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[7]
+	mi := &file_agent_v1_system_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +645,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Share) GetTag() string {
@@ -609,7 +685,7 @@ type SetTimeRequest struct {
 
 func (x *SetTimeRequest) Reset() {
 	*x = SetTimeRequest{}
-	mi := &file_agent_v1_system_proto_msgTypes[8]
+	mi := &file_agent_v1_system_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +697,7 @@ func (x *SetTimeRequest) String() string {
 func (*SetTimeRequest) ProtoMessage() {}
 
 func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[8]
+	mi := &file_agent_v1_system_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +710,7 @@ func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeRequest.ProtoReflect.Descriptor instead.
 func (*SetTimeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetTimeRequest) GetTime() *timestamppb.Timestamp {
@@ -648,13 +724,18 @@ var File_agent_v1_system_proto protoreflect.FileDescriptor
 
 const file_agent_v1_system_proto_rawDesc = "" +
 	"\n" +
-	"\x15agent/v1/system.proto\x12\vvz.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n" +
-	"\vInfoRequest\"u\n" +
+	"\x15agent/v1/system.proto\x12\vvz.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n" +
+	"\vInfoRequest\"\xd4\x01\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0ekernel_release\x18\x02 \x01(\tR\rkernelRelease\x12\x10\n" +
 	"\x03pid\x18\x03 \x01(\rR\x03pid\x12\x12\n" +
-	"\x04init\x18\x04 \x01(\bR\x04init\"\xd9\x02\n" +
+	"\x04init\x18\x04 \x01(\bR\x04init\x12*\n" +
+	"\x04boot\x18\x05 \x03(\v2\x16.vz.agent.v1.BootPhaseR\x04boot\x121\n" +
+	"\x06uptime\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"R\n" +
+	"\tBootPhase\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
+	"\x06uptime\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xd9\x02\n" +
 	"\fSetupRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12*\n" +
@@ -713,40 +794,45 @@ func file_agent_v1_system_proto_rawDescGZIP() []byte {
 	return file_agent_v1_system_proto_rawDescData
 }
 
-var file_agent_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_agent_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_agent_v1_system_proto_goTypes = []any{
 	(*InfoRequest)(nil),           // 0: vz.agent.v1.InfoRequest
 	(*InfoResponse)(nil),          // 1: vz.agent.v1.InfoResponse
-	(*SetupRequest)(nil),          // 2: vz.agent.v1.SetupRequest
-	(*PortEvent)(nil),             // 3: vz.agent.v1.PortEvent
-	(*Network)(nil),               // 4: vz.agent.v1.Network
-	(*Interface)(nil),             // 5: vz.agent.v1.Interface
-	(*Route)(nil),                 // 6: vz.agent.v1.Route
-	(*Share)(nil),                 // 7: vz.agent.v1.Share
-	(*SetTimeRequest)(nil),        // 8: vz.agent.v1.SetTimeRequest
-	nil,                           // 9: vz.agent.v1.SetupRequest.SysctlsEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 11: google.protobuf.Empty
+	(*BootPhase)(nil),             // 2: vz.agent.v1.BootPhase
+	(*SetupRequest)(nil),          // 3: vz.agent.v1.SetupRequest
+	(*PortEvent)(nil),             // 4: vz.agent.v1.PortEvent
+	(*Network)(nil),               // 5: vz.agent.v1.Network
+	(*Interface)(nil),             // 6: vz.agent.v1.Interface
+	(*Route)(nil),                 // 7: vz.agent.v1.Route
+	(*Share)(nil),                 // 8: vz.agent.v1.Share
+	(*SetTimeRequest)(nil),        // 9: vz.agent.v1.SetTimeRequest
+	nil,                           // 10: vz.agent.v1.SetupRequest.SysctlsEntry
+	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 13: google.protobuf.Empty
 }
 var file_agent_v1_system_proto_depIdxs = []int32{
-	10, // 0: vz.agent.v1.SetupRequest.time:type_name -> google.protobuf.Timestamp
-	7,  // 1: vz.agent.v1.SetupRequest.shares:type_name -> vz.agent.v1.Share
-	4,  // 2: vz.agent.v1.SetupRequest.network:type_name -> vz.agent.v1.Network
-	9,  // 3: vz.agent.v1.SetupRequest.sysctls:type_name -> vz.agent.v1.SetupRequest.SysctlsEntry
-	5,  // 4: vz.agent.v1.Network.interfaces:type_name -> vz.agent.v1.Interface
-	6,  // 5: vz.agent.v1.Network.routes:type_name -> vz.agent.v1.Route
-	10, // 6: vz.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	0,  // 7: vz.agent.v1.System.Info:input_type -> vz.agent.v1.InfoRequest
-	2,  // 8: vz.agent.v1.System.Setup:input_type -> vz.agent.v1.SetupRequest
-	8,  // 9: vz.agent.v1.System.SetTime:input_type -> vz.agent.v1.SetTimeRequest
-	1,  // 10: vz.agent.v1.System.Info:output_type -> vz.agent.v1.InfoResponse
-	11, // 11: vz.agent.v1.System.Setup:output_type -> google.protobuf.Empty
-	11, // 12: vz.agent.v1.System.SetTime:output_type -> google.protobuf.Empty
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	2,  // 0: vz.agent.v1.InfoResponse.boot:type_name -> vz.agent.v1.BootPhase
+	11, // 1: vz.agent.v1.InfoResponse.uptime:type_name -> google.protobuf.Duration
+	11, // 2: vz.agent.v1.BootPhase.uptime:type_name -> google.protobuf.Duration
+	12, // 3: vz.agent.v1.SetupRequest.time:type_name -> google.protobuf.Timestamp
+	8,  // 4: vz.agent.v1.SetupRequest.shares:type_name -> vz.agent.v1.Share
+	5,  // 5: vz.agent.v1.SetupRequest.network:type_name -> vz.agent.v1.Network
+	10, // 6: vz.agent.v1.SetupRequest.sysctls:type_name -> vz.agent.v1.SetupRequest.SysctlsEntry
+	6,  // 7: vz.agent.v1.Network.interfaces:type_name -> vz.agent.v1.Interface
+	7,  // 8: vz.agent.v1.Network.routes:type_name -> vz.agent.v1.Route
+	12, // 9: vz.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 10: vz.agent.v1.System.Info:input_type -> vz.agent.v1.InfoRequest
+	3,  // 11: vz.agent.v1.System.Setup:input_type -> vz.agent.v1.SetupRequest
+	9,  // 12: vz.agent.v1.System.SetTime:input_type -> vz.agent.v1.SetTimeRequest
+	1,  // 13: vz.agent.v1.System.Info:output_type -> vz.agent.v1.InfoResponse
+	13, // 14: vz.agent.v1.System.Setup:output_type -> google.protobuf.Empty
+	13, // 15: vz.agent.v1.System.SetTime:output_type -> google.protobuf.Empty
+	13, // [13:16] is the sub-list for method output_type
+	10, // [10:13] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_system_proto_init() }
@@ -760,7 +846,7 @@ func file_agent_v1_system_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_system_proto_rawDesc), len(file_agent_v1_system_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
