@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -147,6 +148,24 @@ func (d *daemon) configTOML(scratch string) string {
       differ = "walking"
 `
 	}
+	// containerd's erofs snapshotter in block mode (an ext4 writable layer; TestErofsSnapshotter),
+	// where the host kernel has erofs (the snapshotter needs it, and an unpack_config naming a
+	// snapshotter that did not load breaks the transfer service). Its layers come from a content
+	// cache: Debian 12's mkfs.erofs cannot convert tars, and the erofs differ does not load
+	// without that; the walking differ is named and never applies an erofs layer.
+	erofsConfig, erofsUnpack := "", ""
+	if hostHasErofs() {
+		erofsConfig = `  [plugins.'io.containerd.snapshotter.v1.erofs']
+    default_size = "64M"
+    layer_content_caches = [` + q(d.erofsCache()) + `]
+
+`
+		erofsUnpack = `    [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+      platform = ` + q(platform) + `
+      snapshotter = "erofs"
+      differ = "walking"
+`
+	}
 	return `version = 3
 root = ` + q(d.root) + `
 state = ` + q(d.state) + `
@@ -179,29 +198,25 @@ disabled_plugins = [
     scratch_file = ` + q(scratch) + `
     fs_type = "ext4"
 
-  # containerd's erofs snapshotter in block mode (an ext4 writable layer; TestErofsSnapshotter).
-  # Its layers come from a content cache: Debian 12's mkfs.erofs cannot convert tars, and the
-  # erofs differ refuses to load without that.
-  [plugins.'io.containerd.snapshotter.v1.erofs']
-    default_size = "64M"
-    layer_content_caches = [` + q(d.erofsCache()) + `]
-
-  [plugins.'io.containerd.transfer.v1.local']
+` + erofsConfig + `  [plugins.'io.containerd.transfer.v1.local']
     # differ named: with the vz differ configured, more than one would match the platform.
     [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
       platform = ` + q(platform) + `
       snapshotter = ` + q(snapshotter) + `
       differ = "walking"
-    [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
-      platform = ` + q(platform) + `
-      snapshotter = "erofs"
-      differ = "walking"
-    # The directory snapshotter, for the tests of a directory rootfs.
+` + erofsUnpack + `    # The directory snapshotter, for the tests of a directory rootfs.
     [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
       platform = ` + q(platform) + `
       snapshotter = "overlayfs"
       differ = "walking"
 ` + arm64Unpack
+}
+
+// hostHasErofs reports whether the host's kernel has erofs, which containerd's erofs
+// snapshotter needs.
+func hostHasErofs() bool {
+	b, err := os.ReadFile("/proc/filesystems")
+	return err == nil && slices.Contains(strings.Fields(string(b)), "erofs")
 }
 
 // erofsCache is the erofs snapshotter's layer content cache: <algorithm>/<xx>/<hex>.erofs blobs by
