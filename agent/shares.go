@@ -23,9 +23,10 @@ const (
 	// on the kernels we boot (it caps msize by its ring, ~512 KiB).
 	shareMsize = 256 << 10
 	// shareCache: 9p must not cache, so what the host or the container
-	// writes is seen by the other at once; "mmap" is cache=none plus
-	// the page cache only mmap(2) needs.
-	shareCache = "mmap"
+	// writes is seen by the other at once. Not "mmap": since Linux 6.6
+	// (our kernel is 6.12) it caches enough that a file the host rewrites
+	// (nerdctl's /etc/hosts of a compose network) goes stale in the guest.
+	shareCache = "none"
 )
 
 // shareMount is one share's mount(2) arguments.

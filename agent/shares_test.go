@@ -17,9 +17,9 @@ func TestShareMountFor(t *testing.T) {
 		want  shareMount
 	}{
 		{&agentapi.Share{Tag: "s0", Fstype: "9p"}, shareMount{source: "s0", target: "/shares/s0", fstype: "9p",
-			data: "trans=virtio,version=9p2000.L,msize=262144,cache=mmap"}},
+			data: "trans=virtio,version=9p2000.L,msize=262144,cache=none"}},
 		{&agentapi.Share{Tag: "s1", Fstype: "9p", Readonly: true}, shareMount{source: "s1", target: "/shares/s1", fstype: "9p",
-			flags: unix.MS_RDONLY, data: "trans=virtio,version=9p2000.L,msize=262144,cache=mmap"}},
+			flags: unix.MS_RDONLY, data: "trans=virtio,version=9p2000.L,msize=262144,cache=none"}},
 		{&agentapi.Share{Tag: "s2", Fstype: "virtiofs", Readonly: true}, shareMount{source: "s2", target: "/shares/s2", fstype: "virtiofs",
 			flags: unix.MS_RDONLY}},
 		// A directory of a device holding several shares (VZ) is a bind.
