@@ -63,7 +63,7 @@ type Image struct {
 // image in memory. Equal inputs give equal bytes.
 func Build(cfg Config) (*Image, error) {
 	if (cfg.KernelDeb == "") == (cfg.KernelImage == "") {
-		return nil, errors.New("need a kernel package or a kernel image, not both")
+		return nil, errors.New("need exactly one of a kernel package and a kernel image")
 	}
 	names := cfg.Modules
 	if names == nil {

@@ -2,8 +2,6 @@ package integration
 
 import (
 	"archive/tar"
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vz-shim/containerd-shim-vz/guest"
 	"github.com/vz-shim/containerd-shim-vz/guest/deb"
 )
 
@@ -32,10 +31,7 @@ func TestArm64Guest(t *testing.T) {
 	}
 	g, err := findArm64Guest()
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("arm64 guest prerequisites missing in CI: %v", err)
-		}
-		t.Skip(skipPrefix + err.Error())
+		missingPrereq(t, "arm64 guest prerequisites: "+err.Error())
 	}
 	release, err := kernelRelease(g.kernel)
 	if err != nil {
@@ -162,21 +158,16 @@ func extractDebFile(debPath, name, dst string) error {
 	return nil
 }
 
-// kernelRelease reads the release (uname -r) from the banner of an uncompressed kernel image, as
-// Debian's arm64 Image is: "Linux version 6.1.0-56-arm64 (...)".
+// kernelRelease reads the release (uname -r) from the banner of an uncompressed kernel image
+// (guest.KernelRelease): "Linux version 6.12.117-vz (...)".
 func kernelRelease(kernel string) (string, error) {
 	b, err := os.ReadFile(kernel)
 	if err != nil {
 		return "", err
 	}
-	const banner = "Linux version "
-	i := bytes.Index(b, []byte(banner))
-	if i < 0 {
-		return "", errors.New(kernel + ": no \"Linux version\" banner (a compressed kernel?)")
+	r, err := guest.KernelRelease(b)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", kernel, err)
 	}
-	rest := b[i+len(banner):]
-	if end := bytes.IndexByte(rest, ' '); end > 0 && end < 128 {
-		return string(rest[:end]), nil
-	}
-	return "", errors.New(kernel + ": malformed \"Linux version\" banner")
+	return r, nil
 }

@@ -43,6 +43,16 @@ func (rt runtimeCase) skipReason() string {
 	return ""
 }
 
+// missingPrereq ends a test whose prerequisite is absent: with CI=true it fails (CI must run
+// it), elsewhere it skips, loudly, saying what is missing.
+func missingPrereq(tb testing.TB, what string) {
+	tb.Helper()
+	if os.Getenv("CI") == "true" {
+		tb.Fatalf("prerequisite missing in CI: %s", what)
+	}
+	tb.Skip(skipPrefix + what)
+}
+
 // forEachRuntime runs fn as a subtest for every runtime, each with its own harness.
 func forEachRuntime(t *testing.T, fn func(t *testing.T, h *harness)) {
 	t.Helper()
