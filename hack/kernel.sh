@@ -80,9 +80,10 @@ source_deb() {
 		local tmp
 		tmp=$(mktemp -d "$cache/.download.XXXXXX")
 		log "apt-get download $SOURCE_PACKAGE"
-		if ! (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$SOURCE_PACKAGE" </dev/null); then
-			apt-get update -q </dev/null
-			(cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$SOURCE_PACKAGE" </dev/null)
+		# apt's output goes to stderr: this function's stdout is the .deb's path.
+		if ! (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$SOURCE_PACKAGE" </dev/null >&2); then
+			apt-get update -q </dev/null >&2
+			(cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$SOURCE_PACKAGE" </dev/null >&2)
 		fi
 		mv "$tmp"/*.deb "$cache/"
 		rmdir "$tmp"
