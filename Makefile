@@ -178,8 +178,9 @@ integration: containerd cni nerdctl crictl
 	@PKGS=./integration/ hack/test.sh
 
 # The guest kernel and initramfs (DESIGN.md §5, §7; hack/guest.sh):
-#   guest        make guest [ARCH=amd64|arm64]: _output/guest/<arch>/{kernel,initrd} from our kernel
-#                (make kernel), a static runc and the static agent, and the fallback
+#   guest        make guest [ARCH=amd64|arm64]: _output/guest/<arch>/{kernel,rootfs} from our kernel
+#                (make kernel), a static runc and the static agent (rootfs: the read-only ext4
+#                root disk the kernel boots from, no initramfs), and the fallback
 #                _output/guest/<arch>/debian/{kernel,initrd} from Debian's kernel package and its
 #                modules (needs root the first time: apt)
 #   kernel       make kernel [ARCH=amd64|arm64]: the guest kernel from Debian's linux-source-6.12
@@ -267,10 +268,12 @@ install:
 	@for d in _output/guest/*/ _output/guest/*/debian/; do \
 		[ -f "$$d/kernel" ] || continue; \
 		sub=$${d#_output/guest/}; \
-		if [ ! -f "$$d/initrd" ]; then echo "make install: $$d has a kernel but no initrd" >&2; exit 1; fi; \
+		boot=initrd; [ ! -f "$$d/rootfs" ] || boot=rootfs; \
+		if [ ! -f "$$d/$$boot" ]; then echo "make install: $$d has a kernel but no initrd or rootfs" >&2; exit 1; fi; \
 		dest="$(DESTDIR)$(PREFIX)/share/containerd-vz/guest/$${sub%/}"; \
-		echo "install $${d}kernel $${d}initrd $$dest/"; \
+		echo "install $${d}kernel $${d}$$boot $$dest/"; \
 		install -d "$$dest"; \
-		install -m 0644 "$$d/kernel" "$$d/initrd" "$$dest/"; \
+		rm -f "$$dest/initrd" "$$dest/rootfs"; \
+		install -m 0644 "$$d/kernel" "$$d/$$boot" "$$dest/"; \
 		if [ -f "$$d/runc-features.json" ]; then install -m 0644 "$$d/runc-features.json" "$$dest/"; fi; \
 	done

@@ -15,6 +15,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -27,6 +28,7 @@ import (
 	"github.com/vz-shim/containerd-shim-vz/guest"
 	"github.com/vz-shim/containerd-shim-vz/guest/cpio"
 	"github.com/vz-shim/containerd-shim-vz/transport"
+	"github.com/vz-shim/containerd-shim-vz/vm"
 )
 
 // bootTimeout bounds one boot, from QEMU's start to the agent's answer.
@@ -56,7 +58,7 @@ func TestBoot(t *testing.T) {
 			if _, err := exec.LookPath(q.binary); err != nil {
 				t.Skipf("SKIPPING THE GUEST BOOT TEST: no %s (Debian package %s; `hack/guest.sh deps %s` installs it)", q.binary, q.pkg, arch)
 			}
-			boot(t, arch, filepath.Join(img.dir, "kernel"), filepath.Join(img.dir, "initrd"))
+			boot(t, arch, filepath.Join(img.dir, "kernel"), img)
 		})
 	}
 }
@@ -68,7 +70,7 @@ func other(arch string) string {
 	return "amd64"
 }
 
-func boot(t *testing.T, arch, kernel, initrd string) {
+func boot(t *testing.T, arch, kernel string, img guestImage) {
 	image, err := os.ReadFile(kernel)
 	if err != nil {
 		t.Fatal(err)
@@ -94,8 +96,7 @@ func boot(t *testing.T, arch, kernel, initrd string) {
 	args := []string{
 		"-M", q.machine, "-cpu", "max", "-m", "512",
 		"-nodefaults", "-no-reboot", "-nographic",
-		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=" + q.console + " panic=-1 vz.transport=serial vz.port=agent",
+		"-kernel", kernel,
 		"-serial", "file:" + consoleLog,
 		"-device", "virtio-serial-pci",
 		"-chardev", "socket,id=agent,path=" + sock + ",server=on,wait=off",
@@ -104,6 +105,17 @@ func boot(t *testing.T, arch, kernel, initrd string) {
 		// opens the agent's port.
 		"-S", "-qmp", "unix:" + qmpSock + ",server=on,wait=off",
 	}
+	cmdline := []string{"console=" + q.console, "panic=-1", "vz.transport=serial", "vz.port=agent"}
+	if img.rootDisk {
+		// As vm/qemu attaches it: read-only, the first virtio-blk device.
+		args = append(args,
+			"-drive", "file="+img.boot+",format=raw,if=none,id=root,readonly=on",
+			"-device", "virtio-blk-pci,drive=root,serial="+vm.RootDiskID)
+		cmdline = append(cmdline, vm.RootDiskArgs()...)
+	} else {
+		args = append(args, "-initrd", img.boot)
+	}
+	args = append(args, "-append", strings.Join(cmdline, " "))
 	cmd := exec.Command(q.binary, args...)
 	var qemuOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &qemuOut, &qemuOut
@@ -263,7 +275,12 @@ func walkInitrd(t *testing.T, initrd string, fn func(h *cpio.Header, r io.Reader
 
 // guestImage is a built guest: name is "<arch>" for ours, "<arch>/debian"
 // for the fallback with Debian's kernel.
-type guestImage struct{ arch, name, dir string }
+type guestImage struct {
+	arch, name, dir string
+	// boot is the initrd, or the root disk when rootDisk.
+	boot     string
+	rootDisk bool
+}
 
 // guestImages returns the images to test: the host architecture's always
 // (skipping loudly when they were not built), the other one's when built.
@@ -277,8 +294,13 @@ func guestImages(t *testing.T) []guestImage {
 		// Ours (hack/kernel.sh), then the fallback of Debian's kernel.
 		for _, flavour := range []string{"", "debian"} {
 			d := filepath.Join(dir, arch, flavour)
+			// Ours boots from a root disk, Debian's from an initramfs.
+			img := guestImage{arch: arch, name: path.Join(arch, flavour), dir: d, boot: filepath.Join(d, "rootfs"), rootDisk: true}
+			if flavour == "debian" {
+				img.boot, img.rootDisk = filepath.Join(d, "initrd"), false
+			}
 			_, kerr := os.Stat(filepath.Join(d, "kernel"))
-			_, ierr := os.Stat(filepath.Join(d, "initrd"))
+			_, ierr := os.Stat(img.boot)
 			if missing := errors.Join(kerr, ierr); missing != nil {
 				if arch == runtime.GOARCH {
 					t.Skipf("SKIPPING: no %s guest image in %s (%v): run `make guest ARCH=%s`", arch, d, missing, arch)
@@ -287,7 +309,7 @@ func guestImages(t *testing.T) []guestImage {
 				t.Logf("no %s guest image in %s (%v): not testing it; `make guest ARCH=%s` builds it", arch, d, missing, arch)
 				continue
 			}
-			out = append(out, guestImage{arch: arch, name: path.Join(arch, flavour), dir: d})
+			out = append(out, img)
 		}
 	}
 	return out

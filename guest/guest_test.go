@@ -5,8 +5,10 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"debug/elf"
+	"encoding/binary"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -479,6 +481,27 @@ func TestBuildKernelImage(t *testing.T) {
 		}
 	}
 
+	// The same as a root disk: an ext4 image that e2fsprogs finds whole, /init the agent.
+	rootCfg := cfg
+	rootCfg.RootFS = true
+	got, err = Build(rootCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Initrd != nil || len(got.RootFS) < 1024+2 || binary.LittleEndian.Uint16(got.RootFS[1024+0x38:]) != 0xef53 {
+		t.Errorf("root disk of %d bytes (initrd %d bytes): want an ext4 image and no initrd", len(got.RootFS), len(got.Initrd))
+	}
+	checkExt4(t, got.RootFS, map[string][]byte{"/init": fileBytes(t, agent), "/usr/bin/runc": fileBytes(t, runc)})
+	again, err := Build(rootCfg)
+	if err != nil || !bytes.Equal(again.RootFS, got.RootFS) {
+		t.Errorf("root disk not reproducible (err %v)", err)
+	}
+	deb := rootCfg
+	deb.KernelImage, deb.KernelDeb = "", "x.deb"
+	if _, err := Build(deb); err == nil || !strings.Contains(err.Error(), "root disk") {
+		t.Errorf("a root disk for a kernel package: %v, want refused", err)
+	}
+
 	os.WriteFile(config, []byte("CONFIG_MODULES=y\n"), 0o644)
 	if _, err := Build(cfg); err == nil || !strings.Contains(err.Error(), "CONFIG_MODULES=y") {
 		t.Errorf("a config with modules: %v, want refused", err)
@@ -491,5 +514,45 @@ func TestBuildKernelImage(t *testing.T) {
 	cfg.KernelDeb, cfg.KernelConfig = "", ""
 	if _, err := Build(cfg); err == nil || !strings.Contains(err.Error(), "banner") {
 		t.Errorf("an image without a banner: %v, want an error naming the banner", err)
+	}
+}
+
+func fileBytes(t *testing.T, file string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkExt4 runs e2fsck on an ext4 image and reads files back with debugfs (e2fsprogs, which
+// CI has; the test says so loudly when it does not).
+func checkExt4(t *testing.T, img []byte, files map[string][]byte) {
+	t.Helper()
+	e2fsck, err := exec.LookPath("e2fsck")
+	if err != nil {
+		e2fsck = "/usr/sbin/e2fsck"
+	}
+	debugfs := filepath.Join(filepath.Dir(e2fsck), "debugfs")
+	if _, err := os.Stat(debugfs); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("no e2fsprogs (%s): CI must have it", debugfs)
+		}
+		t.Logf("!!! NOT CHECKING THE ROOT DISK WITH E2FSPROGS: no %s (apt-get install e2fsprogs)", debugfs)
+		return
+	}
+	path := filepath.Join(t.TempDir(), "rootfs")
+	if err := os.WriteFile(path, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(e2fsck, "-fn", path).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck -fn: %v\n%s", err, out)
+	}
+	for name, want := range files {
+		got, err := exec.Command(debugfs, "-R", "cat "+name, path).Output()
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s in the root disk: %d bytes (%v), want the %d bytes given", name, len(got), err, len(want))
+		}
 	}
 }

@@ -83,17 +83,21 @@ func (f *Initramfs) add(h cpio.Header, perm uint32, data []byte) error {
 	return nil
 }
 
-// WriteCpio writes the uncompressed archive to w.
-func (f *Initramfs) WriteCpio(w io.Writer) error {
+// names are the entries' paths, parents first: a parent's path is a prefix
+// of its children's, so plain string order puts it first.
+func (f *Initramfs) names() []string {
 	names := make([]string, 0, len(f.entries))
 	for n := range f.entries {
 		names = append(names, n)
 	}
-	// A parent's path is a prefix of its children's: plain string order
-	// puts it first.
 	sort.Strings(names)
+	return names
+}
+
+// WriteCpio writes the uncompressed archive to w.
+func (f *Initramfs) WriteCpio(w io.Writer) error {
 	cw := cpio.NewWriter(w)
-	for _, n := range names {
+	for _, n := range f.names() {
 		e := f.entries[n]
 		h := e.h
 		h.ModTime = f.ModTime

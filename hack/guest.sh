@@ -15,9 +15,9 @@
 #   runc    static runc (RUNC_VERSION) into _output/runc/<arch>/runc (kept: skipped when built
 #           with the same version and tags).
 #   agent   the static guest agent into _output/agent/<arch>/vz-agent.
-#   image   cmd/vz-guest: kernel + initrd into _output/guest/<arch>/ from our kernel (the
-#           default), and into _output/guest/<arch>/debian/ from Debian's kernel and its modules
-#           (the fallback: runtime options kernel and initrd).
+#   image   cmd/vz-guest: kernel + rootfs (a read-only ext4 root disk) into _output/guest/<arch>/
+#           from our kernel (the default), and kernel + initrd into _output/guest/<arch>/debian/
+#           from Debian's kernel and its modules (the fallback: runtime options kernel and initrd).
 #   check   builds the images a second time into a temporary directory and fails unless they are
 #           byte-identical to those in _output/guest/<arch>/ (reproducibility).
 #
@@ -211,7 +211,7 @@ kernel_file=$root/_output/kernel/$arch/kernel
 # image DIR writes the image of our kernel into DIR and that of Debian's into DIR/debian.
 image() {
 	[ -f "$kernel_file" ] || { log "no $kernel_file (run: hack/guest.sh kernel $arch)"; exit 1; }
-	"$tool" -kernel "$kernel_file" -uncompressed -agent "$agent_dir/vz-agent" -runc "$runc_dir/runc" \
+	"$tool" -kernel "$kernel_file" -rootfs -agent "$agent_dir/vz-agent" -runc "$runc_dir/runc" \
 		-arch "$arch" -out "$1"
 	"$tool" -deb "$(deb_file)" -agent "$agent_dir/vz-agent" -runc "$runc_dir/runc" \
 		-arch "$arch" -out "$1/debian"
@@ -239,7 +239,7 @@ step_check() {
 	trap 'rm -rf "$tmp"' RETURN
 	image "$tmp" >/dev/null
 	local f a b
-	for f in kernel initrd debian/kernel debian/initrd; do
+	for f in kernel rootfs debian/kernel debian/initrd; do
 		a=$(sha256sum <"$out_dir/$f")
 		b=$(sha256sum <"$tmp/$f")
 		if [ "$a" != "$b" ]; then

@@ -53,7 +53,7 @@ func TestArm64Guest(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(`arch = "arm64"
 accel = "tcg"
 kernel = `+q(g.kernel)+`
-initrd = `+q(g.initrd)+`
+rootfs = `+q(g.rootfs)+`
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ initrd = `+q(g.initrd)+`
 
 // arm64Guest are the files an arm64 container needs on a host of any architecture.
 type arm64Guest struct {
-	kernel, initrd string // _output/guest/arm64/
+	kernel, rootfs string // _output/guest/arm64/
 	busyboxDeb     string // busybox-static:arm64, for the image
 }
 
@@ -97,9 +97,9 @@ func findArm64Guest() (arm64Guest, error) {
 		return arm64Guest{}, err
 	}
 	dir := filepath.Join(root, "_output", "guest", "arm64")
-	g := arm64Guest{kernel: filepath.Join(dir, "kernel"), initrd: filepath.Join(dir, "initrd")}
+	g := arm64Guest{kernel: filepath.Join(dir, "kernel"), rootfs: filepath.Join(dir, "rootfs")}
 	var missing []string
-	for _, p := range []string{g.kernel, g.initrd} {
+	for _, p := range []string{g.kernel, g.rootfs} {
 		if _, err := os.Stat(p); err != nil {
 			missing = append(missing, p)
 		}

@@ -229,7 +229,7 @@ func vzRuntimeTOML(bin binaries) string {
 	q := strconv.Quote
 	return `accel = "tcg"
 kernel = ` + q(bin.kernel) + `
-initrd = ` + q(bin.initrd) + `
+rootfs = ` + q(bin.rootfs) + `
 `
 }
 

@@ -6,9 +6,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -40,6 +42,20 @@ const critestNodes = 2
 // (gcr.io's image-service test images, nonewprivs) fail with both handlers and so count against
 // neither.
 func TestCritest(t *testing.T) {
+	var (
+		runc, vz       map[string]string
+		missing, stale []string
+	)
+	// Registered first, so it runs last: after the logs that a failure dumps (the registry's,
+	// containerd's), the end of the output says why.
+	t.Cleanup(func() {
+		for _, s := range missing {
+			t.Errorf("passes with runc, not with vz (twice), and is not an exception: %s (vz: %s)", s, vz[s])
+		}
+		for _, s := range stale {
+			t.Errorf("exception that no longer holds (remove it from %s): %s (runc: %s, vz: %s)", critestExceptions, s, orNone(runc[s]), orNone(vz[s]))
+		}
+	})
 	reg := startRegistry(t)
 	d := startCRI(t, reg)
 	critest := filepath.Join(filepath.Dir(filepath.Dir(d.bin.cniDir)), "crictl", "bin", "critest")
@@ -61,42 +77,63 @@ func TestCritest(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	reports := map[string]map[string]string{}
-	for _, handler := range []string{"runc", "vz"} {
+	run := func(handler string, specs ...string) map[string]string {
 		start := time.Now()
-		reports[handler] = runCritest(t, d, critest, handler, images)
-		t.Logf("critest with %s: %s in %s", handler, tally(reports[handler]), time.Since(start).Round(time.Second))
+		states := runCritest(t, d, critest, handler, images, specs...)
+		t.Logf("critest with %s: %s in %s", handler, tally(states), time.Since(start).Round(time.Second))
 		// A spec that fails before it records its pod's id leaves the pod behind (critest's
 		// own cleanup): remove what is left, which must then leave nothing (the leak check).
 		if left := crictl(t, d, "pods", "-q"); left != "" {
 			t.Logf("critest with %s left %d pods; removing them", handler, len(strings.Fields(left)))
 			crictl(t, d, "rmp", "-f", "-a")
 		}
+		return states
 	}
-	runc, vz := reports["runc"], reports["vz"]
-	var missing, stale []string
+	runc = run("runc")
+	vz = run("vz")
+	missing, stale = critestVerdict(runc, vz, exceptions)
+	if len(missing)+len(stale) > 0 {
+		// Once more with vz, just those specs: a spec that passes (or fails) only sometimes
+		// under TCG on a loaded machine is logged, not failed on; one that does the same twice
+		// is a verdict.
+		first := maps.Clone(vz)
+		specs := append(append([]string{}, missing...), stale...)
+		t.Logf("critest with vz: running %d specs again: %s", len(specs), strings.Join(specs, "; "))
+		again := run("vz", specs...)
+		for _, spec := range specs {
+			if st, ok := again[spec]; ok {
+				vz[spec] = st
+			}
+		}
+		missing, stale = critestVerdict(runc, vz, exceptions)
+		for _, spec := range specs {
+			if vz[spec] != first[spec] {
+				t.Logf("FLAKY with vz (%s, then %s): %s", first[spec], vz[spec], spec)
+			}
+		}
+	}
+	fmt.Printf("critest tallies: runc %s; vz %s; %d exceptions\n", tally(runc), tally(vz), len(exceptions))
+}
+
+// critestVerdict returns the specs that pass with runc and not with vz without an exception
+// (missing), and the exceptions whose spec passes with vz or no longer with runc (stale), sorted.
+func critestVerdict(runc, vz map[string]string, exceptions map[string]string) (missing, stale []string) {
 	for spec, state := range runc {
 		if state != "passed" || vz[spec] == "passed" {
 			continue
 		}
 		if _, ok := exceptions[spec]; !ok {
-			missing = append(missing, fmt.Sprintf("%s (vz: %s)", spec, vz[spec]))
+			missing = append(missing, spec)
 		}
 	}
 	for spec := range exceptions {
 		if runc[spec] != "passed" || vz[spec] == "passed" {
-			stale = append(stale, fmt.Sprintf("%s (runc: %s, vz: %s)", spec, orNone(runc[spec]), orNone(vz[spec])))
+			stale = append(stale, spec)
 		}
 	}
 	sort.Strings(missing)
 	sort.Strings(stale)
-	for _, s := range missing {
-		t.Errorf("passes with runc, not with vz, and is not an exception: %s", s)
-	}
-	for _, s := range stale {
-		t.Errorf("exception that no longer holds (remove it from %s): %s", critestExceptions, s)
-	}
-	fmt.Printf("critest tallies: runc %s; vz %s; %d exceptions\n", tally(runc), tally(vz), len(exceptions))
+	return missing, stale
 }
 
 func orNone(s string) string {
@@ -170,7 +207,8 @@ func pushCritestImages(t *testing.T, reg *registry, busybox, dir string) string 
 }
 
 // runCritest runs the suite with one runtime handler and returns each spec's state.
-func runCritest(t *testing.T, d *daemon, critest, handler, images string) map[string]string {
+// With specs, it runs just those (their full texts, as the states are keyed).
+func runCritest(t *testing.T, d *daemon, critest, handler, images string, specs ...string) map[string]string {
 	t.Helper()
 	dir := t.TempDir()
 	report := filepath.Join(dir, "report.json")
@@ -184,6 +222,15 @@ func runCritest(t *testing.T, d *daemon, critest, handler, images string) map[st
 	}
 	if focus := os.Getenv("VZTEST_CRITEST_FOCUS"); focus != "" {
 		args = append(args, "-ginkgo.focus="+focus)
+	}
+	if len(specs) > 0 {
+		// ginkgo focuses on the full text (the containers' texts and the It's, spaced), which
+		// it matches with more in front: anchored at the end only.
+		quoted := make([]string, len(specs))
+		for i, s := range specs {
+			quoted[i] = regexp.QuoteMeta(s) + "$"
+		}
+		args = append(args, "-ginkgo.focus="+strings.Join(quoted, "|"))
 	}
 	cmd := exec.CommandContext(ctx, critest, args...)
 	cmd.Dir = dir

@@ -38,7 +38,7 @@ type binaries struct {
 
 	vzShim string // _output/bin/containerd-shim-vz-v1
 	kernel string // _output/guest/<arch>/kernel
-	initrd string // _output/guest/<arch>/initrd
+	rootfs string // _output/guest/<arch>/rootfs: the root disk it boots from
 	// The fallback guest: Debian's kernel and an initrd with its modules.
 	debianKernel, debianInitrd string // _output/guest/<arch>/debian/
 
@@ -178,14 +178,14 @@ func discover(bin *binaries) (skipAll, skipVZ string) {
 	bin.vzShim = filepath.Join(shimBin, "containerd-shim-vz-v1")
 	guest := filepath.Join(root, "_output", "guest", runtime.GOARCH)
 	bin.kernel = filepath.Join(guest, "kernel")
-	bin.initrd = filepath.Join(guest, "initrd")
+	bin.rootfs = filepath.Join(guest, "rootfs")
 	bin.debianKernel = filepath.Join(guest, "debian", "kernel")
 	bin.debianInitrd = filepath.Join(guest, "debian", "initrd")
 	var missing []string
 	if !isExecutable(bin.vzShim) {
 		missing = append(missing, bin.vzShim+" (make build)")
 	}
-	for _, p := range []string{bin.kernel, bin.initrd, bin.debianKernel, bin.debianInitrd} {
+	for _, p := range []string{bin.kernel, bin.rootfs, bin.debianKernel, bin.debianInitrd} {
 		if _, err := os.Stat(p); err != nil {
 			missing = append(missing, p+" (make guest)")
 		}

@@ -15,11 +15,11 @@ import (
 const FeaturesFile = "runc-features.json"
 
 // guestFeatures reads the features of the runc inside the guest that
-// initrd boots: what the shim's Info reports, as the runc shim reports its
+// boot image (initrd or root disk) boots: what the shim's Info reports, as the runc shim reports its
 // runc's. CRI reads recursive read-only mounts and user namespace support
 // from them.
-func guestFeatures(initrd string) (*features.Features, error) {
-	path := filepath.Join(filepath.Dir(initrd), FeaturesFile)
+func guestFeatures(image string) (*features.Features, error) {
+	path := filepath.Join(filepath.Dir(image), FeaturesFile)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err

@@ -242,7 +242,7 @@ func (manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo
 	if err != nil {
 		return nil, err
 	}
-	f, err := guestFeatures(opts.Initrd)
+	f, err := guestFeatures(opts.bootImage())
 	if err != nil {
 		// Without them CRI assumes the least (no recursive read-only
 		// mounts); the runtime still works.

@@ -22,8 +22,14 @@ import (
 // Options are the runtime options of DESIGN §7, read from a TOML file
 // (ctr run --runtime-config-path) or from the CRI runtime's options table.
 type Options struct {
+	// Kernel boots with Initrd (an initramfs with /init) or RootFS (a
+	// read-only ext4 root disk with /init, for a kernel with virtio-blk
+	// and ext4 built in: ours); one of the two. Unset, they are those of
+	// the guest directory (defaultGuestDir): its rootfs if it has one,
+	// else its initrd.
 	Kernel  string `toml:"kernel"`
 	Initrd  string `toml:"initrd"`
+	RootFS  string `toml:"rootfs"`
 	Backend string `toml:"backend"`
 	Arch    string `toml:"arch"`
 	Accel   string `toml:"accel"`
@@ -145,8 +151,15 @@ func loadOptions(bundle string, createOpts *anypb.Any) (Options, error) {
 			}
 			body = b
 		}
+		// The boot image is one setting in two keys: the task's initrd
+		// replaces a system-wide rootfs, and the other way round.
+		initrd, rootfs := o.Initrd, o.RootFS
+		o.Initrd, o.RootFS = "", ""
 		if err := parseOptions(body, &o); err != nil {
 			return Options{}, err
+		}
+		if o.Initrd == "" && o.RootFS == "" {
+			o.Initrd, o.RootFS = initrd, rootfs
 		}
 	}
 	if err := o.setDefaults(); err != nil {
@@ -261,7 +274,10 @@ func (o *Options) setDefaults() error {
 		// minute; a VM that does come up is worth the wait.
 		o.BootTimeout = 120
 	}
-	if o.Kernel == "" || o.Initrd == "" {
+	if o.Initrd != "" && o.RootFS != "" {
+		return fmt.Errorf("initrd %s and rootfs %s: set one of them: %w", o.Initrd, o.RootFS, errdefs.ErrInvalidArgument)
+	}
+	if o.Kernel == "" || (o.Initrd == "" && o.RootFS == "") {
 		dir, err := defaultGuestDir(o.Arch)
 		if err != nil {
 			return err
@@ -269,11 +285,33 @@ func (o *Options) setDefaults() error {
 		if o.Kernel == "" {
 			o.Kernel = filepath.Join(dir, "kernel")
 		}
-		if o.Initrd == "" {
-			o.Initrd = filepath.Join(dir, "initrd")
+		if o.Initrd == "" && o.RootFS == "" {
+			o.Initrd, o.RootFS = guestBootImage(dir)
 		}
 	}
 	return nil
+}
+
+// guestBootImage is how the guest of a guest directory boots: from its
+// root disk when it has one (our kernel: make guest), else from its initrd.
+func guestBootImage(dir string) (initrd, rootfs string) {
+	if rootfs := filepath.Join(dir, "rootfs"); fileExists(rootfs) {
+		return "", rootfs
+	}
+	return filepath.Join(dir, "initrd"), ""
+}
+
+// bootImage is the initrd or the root disk that the kernel boots with.
+func (o *Options) bootImage() string {
+	if o.RootFS != "" {
+		return o.RootFS
+	}
+	return o.Initrd
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // defaultGuestDir is ../share/containerd-vz/guest/<arch> next to the shim
@@ -293,6 +331,6 @@ func defaultGuestDir(arch string) (string, error) {
 			return c, nil
 		}
 	}
-	return "", fmt.Errorf("no guest kernel for %s in %s (run make guest, or set kernel and initrd in the runtime options): %w",
+	return "", fmt.Errorf("no guest kernel for %s in %s (run make guest, or set kernel and initrd or rootfs in the runtime options): %w",
 		arch, strings.Join(candidates, " or "), errdefs.ErrNotFound)
 }

@@ -47,11 +47,28 @@ func TestLoadOptions(t *testing.T) {
 		"bad caching": "disk_caching = \"writeback\"\nkernel=\"/k\"\ninitrd=\"/i\"\n",
 		"bad sync":    "disk_sync = \"always\"\nkernel=\"/k\"\ninitrd=\"/i\"\n",
 		"bad tb size": "tcg_tb_size_mib = -1\nkernel=\"/k\"\ninitrd=\"/i\"\n",
+		"two boots":   "kernel=\"/k\"\ninitrd=\"/i\"\nrootfs=\"/r\"\n",
 	} {
 		a, _ := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte(body)})
 		if _, err := loadOptions(t.TempDir(), a); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s: %v, want invalid argument", name, err)
 		}
+	}
+}
+
+func TestGuestBootImage(t *testing.T) {
+	dir := t.TempDir()
+	if initrd, rootfs := guestBootImage(dir); initrd != filepath.Join(dir, "initrd") || rootfs != "" {
+		t.Errorf("without a rootfs: initrd %q, rootfs %q; want the initrd", initrd, rootfs)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "rootfs"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if initrd, rootfs := guestBootImage(dir); initrd != "" || rootfs != filepath.Join(dir, "rootfs") {
+		t.Errorf("with a rootfs: initrd %q, rootfs %q; want the rootfs", initrd, rootfs)
+	}
+	if got := (&Options{RootFS: "/r"}).bootImage(); got != "/r" {
+		t.Errorf("boot image %q, want the rootfs", got)
 	}
 }
 
@@ -83,6 +100,18 @@ func TestSystemOptions(t *testing.T) {
 	}
 	if o.Kernel != "/sys-k" || o.CPUs != 1 || o.Network != networkNone {
 		t.Errorf("task options over the system file: %+v", o)
+	}
+
+	// The boot image is one setting: the task's rootfs replaces the system's initrd.
+	a, _ = typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte("rootfs = \"/r\"\n")})
+	if o, err = loadOptions(t.TempDir(), a); err != nil {
+		t.Fatal(err)
+	}
+	if o.Kernel != "/sys-k" || o.Initrd != "" || o.RootFS != "/r" {
+		t.Errorf("task rootfs over the system initrd: kernel %q, initrd %q, rootfs %q", o.Kernel, o.Initrd, o.RootFS)
+	}
+	if o, err = loadOptions(t.TempDir(), nil); err != nil || o.Initrd != "/sys-i" || o.RootFS != "" {
+		t.Errorf("the system's initrd alone: initrd %q, rootfs %q (%v)", o.Initrd, o.RootFS, err)
 	}
 
 	os.WriteFile(sys, []byte("network = \"bridge\"\n"), 0o644)

@@ -213,6 +213,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		ID:           r.ID,
 		Kernel:       opts.Kernel,
 		Initrd:       opts.Initrd,
+		RootDisk:     opts.RootFS,
 		KernelArgs:   kernelArgs(opts, groupOf(spec) != ""),
 		Arch:         opts.Arch,
 		CPUs:         cpus,

@@ -34,3 +34,28 @@ func ReadableFile(what, path string) (string, error) {
 	}
 	return abs, nil
 }
+
+// BootFiles checks the kernel and the initrd or root disk of cfg, exactly
+// one of the two (ReadableFile), and returns them absolute.
+func BootFiles(cfg Config) (kernel, initrd, rootDisk string, err error) {
+	if kernel, err = ReadableFile("kernel", cfg.Kernel); err != nil {
+		return "", "", "", err
+	}
+	switch {
+	case cfg.Initrd != "" && cfg.RootDisk != "":
+		return "", "", "", fmt.Errorf("both an initrd and a root disk: boot one: %w", errdefs.ErrInvalidArgument)
+	case cfg.RootDisk != "":
+		rootDisk, err = ReadableFile("root disk", cfg.RootDisk)
+	default:
+		initrd, err = ReadableFile("initrd", cfg.Initrd)
+	}
+	if err != nil {
+		return "", "", "", err
+	}
+	for _, d := range cfg.Disks {
+		if d.ID == RootDiskID {
+			return "", "", "", fmt.Errorf("disk id %q is the root disk's: %w", d.ID, errdefs.ErrInvalidArgument)
+		}
+	}
+	return kernel, initrd, rootDisk, nil
+}

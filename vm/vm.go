@@ -16,9 +16,13 @@ import (
 type Config struct {
 	// ID names the VM (the task id); it appears in logs and process names.
 	ID string
-	// Kernel and Initrd are booted directly, without firmware.
-	Kernel string
-	Initrd string
+	// Kernel is booted directly, without firmware, with either Initrd (an
+	// initramfs, which holds /init) or RootDisk (a read-only ext4 image
+	// the kernel mounts as "/" and runs /init from: a kernel with virtio-blk
+	// and ext4 built in). Exactly one of the two.
+	Kernel   string
+	Initrd   string
+	RootDisk string
 	// KernelArgs are added to the command line the backend builds itself
 	// (console, transport, panic behaviour).
 	KernelArgs []string
@@ -63,6 +67,16 @@ type Config struct {
 	// modes; "" is the backend's choice. QEMU ignores them.
 	DiskCaching string
 	DiskSync    string
+}
+
+// RootDiskID is the id (serial) of Config.RootDisk; no other disk may use it.
+const RootDiskID = "vz-root"
+
+// RootDiskArgs are the kernel arguments that boot from Config.RootDisk.
+// Backends attach it as the guest's first virtio-blk device, ahead of the
+// Disks, so the kernel names it vda.
+func RootDiskArgs() []string {
+	return []string{"root=/dev/vda", "rootfstype=ext4", "ro", "init=/init"}
 }
 
 // Buses of DiskHotplugBus.

@@ -8,8 +8,9 @@
 //	vz-guest -deb linux-image-6.1.0-56-amd64_…_amd64.deb -agent vz-agent -runc runc \
 //	    -arch amd64 -out _output/guest/amd64/debian
 //
-// It writes OUT/kernel and OUT/initrd and prints their sizes and the modules
-// in the initramfs. Equal inputs give equal bytes; SOURCE_DATE_EPOCH sets the
+// It writes OUT/kernel and OUT/initrd (or, with -rootfs, OUT/rootfs: a root
+// disk the kernel boots from instead of an initramfs) and prints their
+// sizes and the modules in the initramfs. Equal inputs give equal bytes; SOURCE_DATE_EPOCH sets the
 // mtime of the initramfs entries (default 0). It is pure Go and runs on
 // macOS as well as Linux.
 package main
@@ -47,6 +48,7 @@ func run() error {
 	flag.StringVar(&cfg.Arch, "arch", runtime.GOARCH, "guest architecture: amd64 or arm64")
 	flag.StringVar(&out, "out", "", "output directory for kernel and initrd")
 	flag.BoolVar(&cfg.Uncompressed, "uncompressed", false, "write the initramfs as a plain cpio archive, not gzip-compressed")
+	flag.BoolVar(&cfg.RootFS, "rootfs", false, "write a read-only ext4 root disk (OUT/rootfs) instead of an initramfs; needs -kernel")
 	flag.StringVar(&modules, "modules", "", "comma-separated kernel modules to include (default: guest.Modules)")
 	flag.Parse()
 	if flag.NArg() > 0 || (cfg.KernelDeb == "") == (cfg.KernelImage == "") || cfg.Agent == "" || cfg.Runc == "" || out == "" {
@@ -76,17 +78,29 @@ func run() error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
-	kernel, initrd := filepath.Join(out, "kernel"), filepath.Join(out, "initrd")
+	kernel, initrd, rootfs := filepath.Join(out, "kernel"), filepath.Join(out, "initrd"), filepath.Join(out, "rootfs")
 	if err := writeFile(kernel, img.Kernel.Image); err != nil {
 		return err
 	}
-	if err := writeFile(initrd, img.Initrd); err != nil {
+	// One of initrd and rootfs: the shim boots the one it finds.
+	file, data, stale := initrd, img.Initrd, rootfs
+	if cfg.RootFS {
+		file, data, stale = rootfs, img.RootFS, initrd
+	}
+	if err := writeFile(file, data); err != nil {
+		return err
+	}
+	if err := os.Remove(stale); err != nil && !os.IsNotExist(err) {
 		return err
 	}
 
 	k := img.Kernel
 	fmt.Printf("kernel %s (%s): %s, %s\n", k.Release, cfg.Arch, kernel, size(int64(len(k.Image))))
-	fmt.Printf("initrd: %s, %s (%s uncompressed)\n", initrd, size(int64(len(img.Initrd))), size(img.InitrdSize))
+	if cfg.RootFS {
+		fmt.Printf("rootfs: %s, %s (ext4, read-only)\n", rootfs, size(int64(len(img.RootFS))))
+	} else {
+		fmt.Printf("initrd: %s, %s (%s uncompressed)\n", initrd, size(int64(len(img.Initrd))), size(img.InitrdSize))
+	}
 	var total int64
 	for _, m := range k.Modules {
 		total += int64(len(m.Data))

@@ -80,11 +80,8 @@ func validate(cfg vm.Config) (vm.Config, error) {
 	}
 
 	var err error
-	if cfg.Kernel, err = readableFile("kernel", cfg.Kernel); err != nil {
-		return cfg, err
-	}
-	if cfg.Initrd, err = readableFile("initrd", cfg.Initrd); err != nil {
-		return cfg, err
+	if cfg.Kernel, cfg.Initrd, cfg.RootDisk, err = vm.BootFiles(cfg); err != nil {
+		return cfg, fmt.Errorf("qemu: %w", err)
 	}
 	if cfg.StateDir == "" {
 		return cfg, invalid("state dir not set")
@@ -196,15 +193,6 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("qemu: "+format+": %w", append(args, errdefs.ErrInvalidArgument)...)
 }
 
-// readableFile is vm.ReadableFile with the backend's name on its errors.
-func readableFile(what, path string) (string, error) {
-	abs, err := vm.ReadableFile(what, path)
-	if err != nil {
-		return "", fmt.Errorf("qemu: %w", err)
-	}
-	return abs, nil
-}
-
 // checkToken accepts the printable ASCII the guest sees verbatim (disk
 // serial, mount tag): no spaces, and no commas, which QEMU's option parser
 // would split on.
@@ -290,7 +278,6 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 		"-smp", strconv.Itoa(cfg.CPUs),
 		"-m", strconv.Itoa(cfg.MemoryMiB)+"M",
 		"-kernel", cfg.Kernel,
-		"-initrd", cfg.Initrd,
 		"-pidfile", filepath.Join(cfg.StateDir, PidFile),
 		"-chardev", fmt.Sprintf("socket,id=qmp,fd=%d", qmpFD),
 		"-mon", "chardev=qmp,mode=control",
@@ -324,6 +311,11 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 		)
 		cmdline = append(cmdline, "vz.transport=serial", "vz.port="+agentPort)
 	}
+	if cfg.Initrd != "" {
+		a = append(a, "-initrd", cfg.Initrd)
+	} else {
+		cmdline = append(cmdline, vm.RootDiskArgs()...)
+	}
 	cmdline = append(cmdline, cfg.KernelArgs...)
 	a = append(a, "-append", strings.Join(cmdline, " "))
 
@@ -332,6 +324,14 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 	// reporting): the initramfs and what a container used and freed do not
 	// stay in QEMU's RSS.
 	a = append(a, "-device", "virtio-balloon-pci,free-page-reporting=on")
+	if cfg.RootDisk != "" {
+		// First of the virtio-blk devices on the root bus: the guest's vda
+		// (vm.RootDiskArgs). Read-only, so the VMs of a host share it.
+		a = append(a,
+			"-drive", fmt.Sprintf("file=%s,format=raw,if=none,id=rootdrive,readonly=on,cache=writeback,aio=threads", optEscape(cfg.RootDisk)),
+			"-device", "virtio-blk-pci,drive=rootdrive,id=rootdisk,serial="+vm.RootDiskID,
+		)
+	}
 	for i, d := range cfg.Disks {
 		drive := fmt.Sprintf("file=%s,format=raw,if=none,id=drive%d,cache=writeback,aio=threads", optEscape(d.Path), i)
 		if d.ReadOnly {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -394,6 +395,50 @@ func TestLogTail(t *testing.T) {
 	} {
 		if got := logTail(p, max); got != want {
 			t.Errorf("tail %d: %q, want %q", max, got, want)
+		}
+	}
+}
+
+// TestCommandRootDisk: a guest that boots from a root disk gets no -initrd, the disk read-only
+// as the first virtio-blk device (its vda) and the kernel arguments that mount it.
+func TestCommandRootDisk(t *testing.T) {
+	cfg := fakeConfig(t)
+	root := filepath.Join(filepath.Dir(cfg.Kernel), "rootfs")
+	if err := os.WriteFile(root, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Initrd, cfg.RootDisk = "", root
+	m, err := New(context.Background(), cfg, WithVsock(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := m.Command()
+	if hasArgs(argv, "-initrd") {
+		t.Errorf("-initrd with a root disk: %q", argv)
+	}
+	rootDev := slices.Index(argv, "virtio-blk-pci,drive=rootdrive,id=rootdisk,serial="+vm.RootDiskID)
+	layerDev := slices.Index(argv, "virtio-blk-pci,drive=drive0,id=disk0,serial=layer0")
+	if rootDev < 0 || layerDev < 0 || rootDev > layerDev {
+		t.Errorf("root disk device at %d, first layer at %d: want the root disk first: %q", rootDev, layerDev, argv)
+	}
+	if !hasArgs(argv, "-drive", "file="+root+",format=raw,if=none,id=rootdrive,readonly=on,cache=writeback,aio=threads") {
+		t.Errorf("no read-only root drive: %q", argv)
+	}
+	if got, want := argValue(t, argv, "-append"), "console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check rcupdate.rcu_expedited=1 vz.transport=serial vz.port=agent root=/dev/vda rootfstype=ext4 ro init=/init vz.debug=1 loglevel=7"; got != want {
+		t.Errorf("-append %q, want %q", got, want)
+	}
+
+	for name, mod := range map[string]func(*vm.Config){
+		"both":    func(c *vm.Config) { c.Initrd = filepath.Join(filepath.Dir(c.Kernel), "initrd") },
+		"missing": func(c *vm.Config) { c.RootDisk += ".missing" },
+		"disk id": func(c *vm.Config) { c.Disks[0].ID = vm.RootDiskID },
+		"neither": func(c *vm.Config) { c.RootDisk = "" },
+	} {
+		c := cfg
+		c.Disks = slices.Clone(cfg.Disks)
+		mod(&c)
+		if _, err := New(context.Background(), c, WithVsock(false)); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: %v, want an invalid argument", name, err)
 		}
 	}
 }

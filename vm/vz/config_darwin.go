@@ -31,7 +31,11 @@ func usbAvailable() bool {
 
 // configure executes p: the VZ configuration it describes, validated.
 func configure(p Plan) (*vz.VirtualMachineConfiguration, error) {
-	boot, err := vz.NewLinuxBootLoader(p.Kernel, vz.WithInitrd(p.Initrd), vz.WithCommandLine(p.CommandLine))
+	opts := []vz.LinuxBootLoaderOption{vz.WithCommandLine(p.CommandLine)}
+	if p.Initrd != "" {
+		opts = append(opts, vz.WithInitrd(p.Initrd))
+	}
+	boot, err := vz.NewLinuxBootLoader(p.Kernel, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("vz: boot loader: %w", err)
 	}

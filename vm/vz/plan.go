@@ -35,7 +35,9 @@ type Host struct {
 type Plan struct {
 	ID     string
 	Kernel string // absolute
-	Initrd string // absolute
+	// Initrd is the initramfs, absolute; "" when the guest boots from a
+	// root disk, which is then Disks[0] (vm.Config.RootDisk).
+	Initrd string
 	// CommandLine is the kernel command line.
 	CommandLine string
 	CPUs        uint
@@ -156,8 +158,17 @@ func NewPlan(cfg vm.Config, host Host) (Plan, error) {
 			return p, err
 		}
 	}
-	if p.Initrd, err = regularFile("initrd", cfg.Initrd); err != nil {
-		return p, err
+	var rootDisk string
+	if _, p.Initrd, rootDisk, err = vm.BootFiles(cfg); err != nil {
+		return p, fmt.Errorf("vz: %w", err)
+	}
+	if rootDisk != "" {
+		// The first virtio-blk device: the guest's vda (vm.RootDiskArgs).
+		dp, err := diskPlan(vm.RootDiskID, rootDisk, true, cfg.DiskCaching, cfg.DiskSync)
+		if err != nil {
+			return p, err
+		}
+		p.Disks = append(p.Disks, dp)
 	}
 	if cfg.ConsoleLog != "" {
 		if p.ConsoleLog, err = filepath.Abs(cfg.ConsoleLog); err != nil {
@@ -224,7 +235,11 @@ func NewPlan(cfg vm.Config, host Host) (Plan, error) {
 		}
 		p.Hot = HotPlan{Slots: cfg.DiskSlots, Dir: dir, Caching: cfg.DiskCaching, Sync: cfg.DiskSync}
 	}
-	p.CommandLine = commandLine(cfg.KernelArgs)
+	extra := cfg.KernelArgs
+	if rootDisk != "" {
+		extra = append(vm.RootDiskArgs(), extra...)
+	}
+	p.CommandLine = commandLine(extra)
 	return p, nil
 }
 

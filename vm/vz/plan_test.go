@@ -328,3 +328,32 @@ func TestPlanDiskModes(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanRootDisk: a guest that boots from a root disk has no initrd; the disk is the first
+// virtio-blk device (the guest's vda), read-only and cached, and the command line mounts it.
+func TestPlanRootDisk(t *testing.T) {
+	cfg := fakeConfig(t)
+	root := filepath.Join(filepath.Dir(cfg.Kernel), "rootfs")
+	if err := os.WriteFile(root, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Initrd, cfg.RootDisk = "", root
+	p, err := NewPlan(cfg, testHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Initrd != "" {
+		t.Errorf("initrd %q with a root disk", p.Initrd)
+	}
+	want := DiskPlan{ID: vm.RootDiskID, Path: root, ReadOnly: true, Caching: CachingCached, Sync: SyncNone}
+	if len(p.Disks) != 3 || p.Disks[0] != want || p.Disks[1].ID != "layer0" {
+		t.Errorf("disks %+v, want the root disk %+v first", p.Disks, want)
+	}
+	if want := "console=hvc0 panic=-1 quiet vz.transport=vsock root=/dev/vda rootfstype=ext4 ro init=/init vz.debug=1 loglevel=7"; p.CommandLine != want {
+		t.Errorf("command line %q, want %q", p.CommandLine, want)
+	}
+	cfg.Initrd = filepath.Join(filepath.Dir(cfg.Kernel), "initrd")
+	if _, err := NewPlan(cfg, testHost); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("initrd and root disk: %v, want an invalid argument", err)
+	}
+}
