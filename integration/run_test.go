@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -28,18 +29,29 @@ func (h *harness) rmFlags(extra ...string) []string {
 
 // TestRunEcho: output comes back, and the kernel is the host's for runc, the guest's for vz. For
 // vz the shim logs its boot trace: every phase once, in order, each "at" no earlier than the one
-// before (shim/boottrace.go).
+// before (shim/boottrace.go), and the container sees every vCPU of its VM online.
 func TestRunEcho(t *testing.T) {
 	forEachRuntime(t, func(t *testing.T, h *harness) {
 		id := h.newID("echo")
 		logStart := h.d.logSize()
-		r := h.ctr(h.runArgs(h.rmFlags(), id, "sh", "-c", "echo hello; uname -r")...)
+		r := h.ctr(h.runArgs(h.rmFlags(), id, "sh", "-c", "echo hello; uname -r; cat /sys/devices/system/cpu/online")...)
 		if r.code != 0 {
 			t.Fatalf("unexpected exit status: %s", r)
 		}
 		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-		if len(lines) != 2 || lines[0] != "hello" {
-			t.Fatalf("want hello and a kernel release: %s", r)
+		if len(lines) != 3 || lines[0] != "hello" {
+			t.Fatalf("want hello, a kernel release and the online CPUs: %s", r)
+		}
+		wantCPUs := "0-1" // the VM's default 2 vCPUs
+		if !h.rt.vm {
+			b, err := os.ReadFile("/sys/devices/system/cpu/online")
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantCPUs = strings.TrimSpace(string(b))
+		}
+		if lines[2] != wantCPUs {
+			t.Errorf("online CPUs %q, want %q", lines[2], wantCPUs)
 		}
 		kernel := strings.TrimSpace(lines[1])
 		switch {

@@ -31,7 +31,7 @@ import (
 // Real-VM tests boot the project's guest under TCG and need:
 //   - qemu-system-x86_64 (Debian: qemu-system-x86), or qemu-system-aarch64
 //     (qemu-system-arm) with VZ_TEST_ARCH=arm64,
-//   - the guest files from `make guest`: _output/guest/<arch>/{kernel,initrd},
+//   - the guest files from `make guest`: _output/guest/<arch>/{kernel,rootfs} (or initrd),
 //     or a directory holding both named by $VZ_GUEST_DIR.
 // Without them they skip, saying so.
 
@@ -58,7 +58,7 @@ func testArch() string {
 	return "amd64"
 }
 
-// guestDir holds the kernel and initrd to boot.
+// guestDir holds the kernel and the root disk or initrd to boot.
 func guestDir() string {
 	if dir := os.Getenv("VZ_GUEST_DIR"); dir != "" {
 		return dir
@@ -70,20 +70,35 @@ func guestDir() string {
 	return filepath.Join(root, "_output", "guest", testArch())
 }
 
-// guestFiles returns the kernel and initrd to boot, or skips the test.
-func guestFiles(t *testing.T) (kernel, initrd string) {
+// guestBoot is how the guest in dir boots: its kernel and its root disk
+// (our kernel, make guest) or else its initrd (Debian's).
+func guestBoot(dir string) (kernel, initrd, rootDisk string) {
+	kernel = filepath.Join(dir, "kernel")
+	if p := filepath.Join(dir, "rootfs"); fileExists(p) {
+		return kernel, "", p
+	}
+	return kernel, filepath.Join(dir, "initrd"), ""
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// guestFiles returns the kernel and the root disk or initrd to boot, or
+// skips the test.
+func guestFiles(t *testing.T) (kernel, initrd, rootDisk string) {
 	t.Helper()
 	if bin := qemuBinary(testArch()); !haveBinary(bin) {
 		t.Skipf("SKIP real-VM test: %s not installed (apt-get install qemu-system-x86 or qemu-system-arm)", bin)
 	}
-	dir := guestDir()
-	kernel, initrd = filepath.Join(dir, "kernel"), filepath.Join(dir, "initrd")
-	for _, p := range []string{kernel, initrd} {
-		if _, err := os.Stat(p); err != nil {
+	kernel, initrd, rootDisk = guestBoot(guestDir())
+	for _, p := range []string{kernel, initrd + rootDisk} {
+		if !fileExists(p) {
 			t.Skipf("SKIP real-VM test: no guest %s: run make guest (or set VZ_GUEST_DIR)", p)
 		}
 	}
-	return kernel, initrd
+	return kernel, initrd, rootDisk
 }
 
 func haveBinary(name string) bool {
@@ -110,12 +125,13 @@ func repoRoot() (string, error) {
 
 // testConfig is a small amd64 TCG VM whose console log is in its state dir.
 func testConfig(t *testing.T) vm.Config {
-	kernel, initrd := guestFiles(t)
+	kernel, initrd, rootDisk := guestFiles(t)
 	state := t.TempDir()
 	return vm.Config{
 		ID:         strings.ReplaceAll(t.Name(), "/", "-"),
 		Kernel:     kernel,
 		Initrd:     initrd,
+		RootDisk:   rootDisk,
 		Arch:       testArch(),
 		CPUs:       2,
 		MemoryMiB:  512,
@@ -351,33 +367,43 @@ func TestVMLongPause(t *testing.T) {
 	}
 }
 
-func TestVMGarbageInitrd(t *testing.T) {
-	cfg := testConfig(t)
-	garbage := filepath.Join(t.TempDir(), "initrd")
-	b := make([]byte, 256<<10)
-	rand.Read(b)
-	if err := os.WriteFile(garbage, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg.Initrd = garbage
-	m := startVM(t, cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	start := time.Now()
-	_, err := vm.DialRetry(ctx, m, agentapi.PortControl)
-	if err == nil {
-		t.Fatal("the agent answered from a garbage initrd")
-	}
-	t.Logf("DialRetry failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
-	if ctx.Err() != nil {
-		t.Errorf("the dead guest was only noticed at the timeout")
-	}
-	if m.Err() == nil || !strings.Contains(m.Err().Error(), "rebooted") {
-		t.Errorf("Err: %v", m.Err())
-	}
-	// What the shim adds to the error says why.
-	if tail := logTail(cfg.ConsoleLog, 2048); !strings.Contains(tail, "Kernel panic") {
-		t.Errorf("console tail does not show the panic:\n%s", tail)
+// TestVMGarbageBoot: a guest whose initrd or root disk is garbage dies (the kernel panics and
+// panic=-1 reboots it, which ends QEMU), the machine says so well before any timeout, and the
+// console's tail shows the panic.
+func TestVMGarbageBoot(t *testing.T) {
+	for _, what := range []string{"initrd", "root disk"} {
+		t.Run(strings.ReplaceAll(what, " ", "-"), func(t *testing.T) {
+			cfg := testConfig(t)
+			garbage := filepath.Join(t.TempDir(), "garbage")
+			b := make([]byte, 256<<10)
+			rand.Read(b)
+			if err := os.WriteFile(garbage, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg.Initrd, cfg.RootDisk = garbage, ""
+			if what == "root disk" {
+				cfg.Initrd, cfg.RootDisk = "", garbage
+			}
+			m := startVM(t, cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			start := time.Now()
+			_, err := vm.DialRetry(ctx, m, agentapi.PortControl)
+			if err == nil {
+				t.Fatalf("the agent answered from a garbage %s", what)
+			}
+			t.Logf("DialRetry failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+			if ctx.Err() != nil {
+				t.Errorf("the dead guest was only noticed at the timeout")
+			}
+			if m.Err() == nil || !strings.Contains(m.Err().Error(), "rebooted") {
+				t.Errorf("Err: %v", m.Err())
+			}
+			// What the shim adds to the error says why.
+			if tail := logTail(cfg.ConsoleLog, 2048); !strings.Contains(tail, "Kernel panic") {
+				t.Errorf("console tail does not show the panic:\n%s", tail)
+			}
+		})
 	}
 }
 
@@ -476,9 +502,9 @@ func TestVMDiesWithShim(t *testing.T) {
 // goroutine that then exits, as a request handler would, reports QEMU's pid
 // and waits to be killed.
 func runHelper(stateDir string) {
-	dir := guestDir()
+	kernel, initrd, rootDisk := guestBoot(guestDir())
 	cfg := vm.Config{
-		Kernel: filepath.Join(dir, "kernel"), Initrd: filepath.Join(dir, "initrd"),
+		Kernel: kernel, Initrd: initrd, RootDisk: rootDisk,
 		Arch: testArch(), CPUs: 1, MemoryMiB: 256, Accel: "tcg",
 		StateDir: stateDir, ConsoleLog: filepath.Join(stateDir, "console.log"),
 	}
