@@ -149,18 +149,17 @@ func NewPlan(cfg vm.Config, host Host) (Plan, error) {
 	}
 	p.MemoryBytes = mem
 
-	var err error
-	if p.Kernel, err = regularFile("kernel", cfg.Kernel); err != nil {
-		return p, err
+	var (
+		rootDisk string
+		err      error
+	)
+	if p.Kernel, p.Initrd, rootDisk, err = vm.BootFiles(cfg); err != nil {
+		return p, fmt.Errorf("vz: %w", err)
 	}
 	if arch == "arm64" {
 		if err := checkArm64Image(p.Kernel); err != nil {
 			return p, err
 		}
-	}
-	var rootDisk string
-	if _, p.Initrd, rootDisk, err = vm.BootFiles(cfg); err != nil {
-		return p, fmt.Errorf("vz: %w", err)
 	}
 	if rootDisk != "" {
 		// The first virtio-blk device: the guest's vda (vm.RootDiskArgs).
