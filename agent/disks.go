@@ -19,7 +19,7 @@ import (
 const diskSourcePrefix = "disk:"
 
 // diskWait bounds the wait for a disk that is still being probed.
-const diskWait = 5 * time.Second
+const diskWait = 10 * time.Second
 
 // resolveDisks replaces disk identifiers in mount sources by device paths
 // (dev is /dev, sysBlock /sys/block).

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -22,13 +23,9 @@ import (
 // then the routes are added. It writes the network files of dir like
 // ConfigureNetwork.
 func ConfigureStatic(ctx context.Context, dir string, n *agentapi.Network) error {
-	links, err := netlink.LinkList()
+	byMAC, err := linksByMAC(n.Interfaces)
 	if err != nil {
-		return fmt.Errorf("listing NICs: %w", err)
-	}
-	byMAC := map[string]netlink.Link{}
-	for _, l := range links {
-		byMAC[l.Attrs().HardwareAddr.String()] = l
+		return err
 	}
 	if n.Ipv6Disabled {
 		if err := writeSysctl("net.ipv6.conf.all.disable_ipv6", "1"); err != nil && !os.IsNotExist(err) {
@@ -160,4 +157,31 @@ func SetSysctls(sysctls map[string]string) error {
 func writeSysctl(key, value string) error {
 	p := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
 	return os.WriteFile(p, []byte(value), 0o644)
+}
+
+// linksByMAC maps the guest's NICs by MAC address, once every NIC of ifaces
+// is there or hotplugWait passed: NICs hot-plugged into a running VM (one
+// restored from a template) appear a moment after the shim added them.
+func linksByMAC(ifaces []*agentapi.Interface) (map[string]netlink.Link, error) {
+	deadline := time.Now().Add(hotplugWait)
+	for {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return nil, fmt.Errorf("listing NICs: %w", err)
+		}
+		byMAC := map[string]netlink.Link{}
+		for _, l := range links {
+			byMAC[l.Attrs().HardwareAddr.String()] = l
+		}
+		all := true
+		for _, i := range ifaces {
+			if mac, err := net.ParseMAC(i.Mac); err == nil && byMAC[mac.String()] == nil {
+				all = false
+			}
+		}
+		if all || time.Now().After(deadline) {
+			return byMAC, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -116,7 +118,7 @@ func mountShares(dir string, shares []*agentapi.Share) error {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
 			return fmt.Errorf("share %s: %w", m.source, err)
 		}
-		if err := m.mount(); err != nil {
+		if err := retryNotYet(m.mount); err != nil {
 			return fmt.Errorf("mounting share %s (%s, %q) at %s: %w", m.source, m.fstype, m.data, m.target, err)
 		}
 	}
@@ -135,4 +137,22 @@ func (m shareMount) mount() error {
 		return unix.Mount("", m.target, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, "")
 	}
 	return nil
+}
+
+// hotplugWait bounds the wait for a device the shim added to the running
+// VM (a VM restored from a template gets all of its task's devices that
+// way): the guest's PCIe hot-plug driver takes a moment to bring it up.
+const hotplugWait = 10 * time.Second
+
+// retryNotYet runs fn until it stops failing with ENOENT (no 9p or virtio-fs
+// device with that tag yet) or hotplugWait passed.
+func retryNotYet(fn func() error) error {
+	deadline := time.Now().Add(hotplugWait)
+	for {
+		err := fn()
+		if !errors.Is(err, unix.ENOENT) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -14,7 +14,9 @@ import (
 )
 
 // BenchmarkRunEcho: `ctr run --rm IMAGE ID echo hi`, end to end, with each runtime side by side:
-// runc, vz (our kernel, the default network: a namespace, CNI's bridge, a tap), vz-user (network =
+// runc, vz (our kernel, the default network: a namespace, CNI's bridge, a tap, the VM restored
+// from a template made by an untimed first run: warm_start, the default), vz-cold (the same VM
+// booted: warm_start = false), vz-user (network =
 // "user", QEMU's NAT: the cost of the network) and vz-debian (Debian's kernel and its modules, the
 // fallback). For vz it also reports the guest boot time (boot-ms/op) and prints the shim's boot
 // trace (shim/boottrace.go), each phase's mean end time and duration, and then every case's time
@@ -22,6 +24,7 @@ import (
 func BenchmarkRunEcho(b *testing.B) {
 	cases := runtimeCases()
 	cases = append(cases,
+		runtimeCase{name: "vz-cold", runtime: vzRuntime, vm: true},
 		runtimeCase{name: "vz-user", runtime: vzRuntime, vm: true},
 		runtimeCase{name: "vz-debian", runtime: vzRuntime, vm: true})
 	perRun := make(map[string]time.Duration)
@@ -34,6 +37,15 @@ func BenchmarkRunEcho(b *testing.B) {
 				h.vzConfig = h.d.vzUser
 			case "vz-debian":
 				h.vzConfig = debianRuntimeConfig(b, h.d.bin)
+			case "vz-cold":
+				h.vzConfig = runtimeConfigWith(b, h.d, "warm_start = false\n")
+			}
+			if rt.vm {
+				// Untimed: a template made for the warm start of vz, the guest's files in
+				// the host's page cache for every case.
+				if out := h.ctrOK(h.runArgs(h.rmFlags(), h.newID("first"), "echo", "hi")...); out != "hi\n" {
+					b.Fatalf("ctr run: %q, want hi", out)
+				}
 			}
 			logStart := h.d.logSize()
 			start := time.Now()
@@ -255,18 +267,24 @@ time="t" level=info msg="boot trace" at=2.5s id=b phase="kernel entered" took=1.
 
 // BenchmarkIdleMemory: the host memory an idle container costs, `sleep` started with `ctr run -d`
 // and left alone for idleSettle: for the VMs the RSS of their QEMU (guest memory it touched, TCG's
-// translation cache, QEMU itself), with our kernel and with Debian's; for runc the RSS of the runc
+// translation cache, QEMU itself), with our kernel (restored from a template, the default; booted:
+// vz-cold) and with Debian's; for runc the RSS of the runc
 // shim and of the container's process. rss-MiB/op is the mean; a table prints them side by side.
 func BenchmarkIdleMemory(b *testing.B) {
 	const idleSettle = 15 * time.Second
-	cases := append(runtimeCases(), runtimeCase{name: "vz-debian", runtime: vzRuntime, vm: true})
+	cases := append(runtimeCases(),
+		runtimeCase{name: "vz-cold", runtime: vzRuntime, vm: true},
+		runtimeCase{name: "vz-debian", runtime: vzRuntime, vm: true})
 	rss := make(map[string]float64)
 	var order []string
 	for _, rt := range cases {
 		b.Run(rt.name, func(b *testing.B) {
 			h := newHarness(b, rt)
-			if rt.name == "vz-debian" {
+			switch rt.name {
+			case "vz-debian":
 				h.vzConfig = debianRuntimeConfig(b, h.d.bin)
+			case "vz-cold":
+				h.vzConfig = runtimeConfigWith(b, h.d, "warm_start = false\n")
 			}
 			var sum float64
 			n := 0

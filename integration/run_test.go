@@ -29,52 +29,66 @@ func (h *harness) rmFlags(extra ...string) []string {
 
 // TestRunEcho: output comes back, and the kernel is the host's for runc, the guest's for vz. For
 // vz the shim logs its boot trace: every phase once, in order, each "at" no earlier than the one
-// before (shim/boottrace.go), and the container sees every vCPU of its VM online.
+// before (shim/boottrace.go), and the container sees every vCPU of its VM online. vz starts its
+// VM from a template (warm_start, the default); vz-cold boots it.
 func TestRunEcho(t *testing.T) {
-	forEachRuntime(t, func(t *testing.T, h *harness) {
-		id := h.newID("echo")
-		logStart := h.d.logSize()
-		r := h.ctr(h.runArgs(h.rmFlags(), id, "sh", "-c", "echo hello; uname -r; cat /sys/devices/system/cpu/online")...)
-		if r.code != 0 {
-			t.Fatalf("unexpected exit status: %s", r)
-		}
-		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-		if len(lines) != 3 || lines[0] != "hello" {
-			t.Fatalf("want hello, a kernel release and the online CPUs: %s", r)
-		}
-		wantCPUs := "0-1" // the VM's default 2 vCPUs
-		if !h.rt.vm {
-			b, err := os.ReadFile("/sys/devices/system/cpu/online")
-			if err != nil {
-				t.Fatal(err)
-			}
-			wantCPUs = strings.TrimSpace(string(b))
-		}
-		if lines[2] != wantCPUs {
-			t.Errorf("online CPUs %q, want %q", lines[2], wantCPUs)
-		}
-		kernel := strings.TrimSpace(lines[1])
-		switch {
-		case kernel == "":
-			t.Fatalf("empty kernel release: %s", r)
-		case h.rt.vm && kernel == suite.hostKernel:
-			t.Errorf("container saw the host's kernel %s: not in a VM", kernel)
-		case !h.rt.vm && kernel != suite.hostKernel:
-			t.Errorf("container saw kernel %s, host has %s", kernel, suite.hostKernel)
-		}
-		t.Logf("kernel %s, ctr run --rm took %s", kernel, r.elapsed.Round(time.Millisecond))
-		if h.rt.vm {
-			checkBootTrace(t, h.d.logSince(logStart), id)
-		}
+	forEachRuntime(t, func(t *testing.T, h *harness) { runEcho(t, h, h.rt.vm) })
+	t.Run("vz-cold", func(t *testing.T) {
+		h := newHarness(t, runtimeCase{name: "vz-cold", runtime: vzRuntime, vm: true})
+		h.vzConfig = runtimeConfigWith(t, h.d, "warm_start = false\n")
+		runEcho(t, h, false)
 	})
 }
 
+func runEcho(t *testing.T, h *harness, warm bool) {
+	id := h.newID("echo")
+	logStart := h.d.logSize()
+	r := h.ctr(h.runArgs(h.rmFlags(), id, "sh", "-c", "echo hello; uname -r; cat /sys/devices/system/cpu/online")...)
+	if r.code != 0 {
+		t.Fatalf("unexpected exit status: %s", r)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 3 || lines[0] != "hello" {
+		t.Fatalf("want hello, a kernel release and the online CPUs: %s", r)
+	}
+	wantCPUs := "0-1" // the VM's default 2 vCPUs
+	if !h.rt.vm {
+		b, err := os.ReadFile("/sys/devices/system/cpu/online")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantCPUs = strings.TrimSpace(string(b))
+	}
+	if lines[2] != wantCPUs {
+		t.Errorf("online CPUs %q, want %q", lines[2], wantCPUs)
+	}
+	kernel := strings.TrimSpace(lines[1])
+	switch {
+	case kernel == "":
+		t.Fatalf("empty kernel release: %s", r)
+	case h.rt.vm && kernel == suite.hostKernel:
+		t.Errorf("container saw the host's kernel %s: not in a VM", kernel)
+	case !h.rt.vm && kernel != suite.hostKernel:
+		t.Errorf("container saw kernel %s, host has %s", kernel, suite.hostKernel)
+	}
+	t.Logf("kernel %s, ctr run --rm took %s", kernel, r.elapsed.Round(time.Millisecond))
+	if h.rt.vm {
+		checkBootTrace(t, h.d.logSince(logStart), id, warm)
+	}
+}
+
 // checkBootTrace checks the boot trace the shim logged for task id.
-func checkBootTrace(t *testing.T, log, id string) {
+// A VM restored from a template (warm) has no boot of its own to trace: the template's guest
+// booted before the task.
+func checkBootTrace(t *testing.T, log, id string, warm bool) {
 	t.Helper()
 	want := []string{"prepared", "vmm started", "kernel entered", "init running", "modules loaded",
 		"agent serving", "agent connected", "guest set up", "rootfs mounted", "container created", "container started",
 		"first output", "exited", "vm gone"}
+	if warm {
+		want = []string{"prepared", "template ready", "vmm started", "agent connected", "guest set up",
+			"rootfs mounted", "container created", "container started", "first output", "exited", "vm gone"}
+	}
 	var lines []string
 	for _, l := range strings.Split(log, "\n") {
 		if bootTraceRE.MatchString(l) && strings.Contains(l, "id="+id+" ") {

@@ -27,11 +27,16 @@ type bootTrace struct {
 	mu   sync.Mutex
 	last time.Time
 	seen map[string]bool
+	// warm: the VM was restored from a template, whose guest booted
+	// before this trace began: of the guest's phases only those after
+	// the restore are logged.
+	warm bool
 }
 
 // Boot phases, in the order they happen.
 const (
 	phasePrepared      = "prepared"       // spec, rootfs, network, VM config
+	phaseTemplate      = "template ready" // warm start: found, or made
 	phaseVMMStarted    = "vmm started"    // the VMM runs (QEMU's process, VZ's VM)
 	phaseKernel        = "kernel entered" // guest uptime 0
 	phaseInit          = "init running"   // the kernel ran /init
@@ -101,11 +106,19 @@ func (t *bootTrace) guest(ctx context.Context, phases []*agentapi.BootPhase, upt
 		return
 	}
 	boot := answered.Add(-uptime)
-	t.markAt(ctx, phaseKernel, boot)
+	t.mu.Lock()
+	warm := t.warm
+	t.mu.Unlock()
+	if !warm {
+		t.markAt(ctx, phaseKernel, boot)
+	}
 	for _, p := range phases {
 		name, ok := guestPhases[p.Name]
 		if !ok {
 			name = "guest " + p.Name
+		}
+		if warm && name != phaseRootfs {
+			continue
 		}
 		t.markAt(ctx, name, boot.Add(p.Uptime.AsDuration()))
 	}

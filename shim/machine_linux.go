@@ -21,3 +21,13 @@ func newMachine(ctx context.Context, backend string, cfg vm.Config) (vm.Machine,
 func cleanupMachine(ctx context.Context, stateDir string) error {
 	return qemu.Cleanup(stateDir)
 }
+
+// saveTemplate boots cfg as a warm-start template and saves it to state.
+func saveTemplate(ctx context.Context, backend string, cfg vm.Config, state string) error {
+	return qemu.SaveTemplate(ctx, cfg, state)
+}
+
+// templateLayout identifies the backend's template layout and VMM.
+func templateLayout(backend string, cfg vm.Config) (string, error) {
+	return qemu.TemplateLayout(cfg)
+}

@@ -76,6 +76,12 @@ type Options struct {
 	// modules to load at boot (guest.OptionalModules): "bridge" for pods
 	// whose privileged containers make bridges. Each costs boot time.
 	GuestModules []string `toml:"guest_modules"`
+	// WarmStart starts a task's VM from a saved template VM instead of
+	// booting it (DESIGN.md §11), where the backend and the task allow;
+	// TemplateDir is where the templates are kept (default
+	// /var/cache/containerd-vz/templates as root, else the user's cache).
+	WarmStart   *bool  `toml:"warm_start"`
+	TemplateDir string `toml:"template_dir"`
 }
 
 // Network modes.
@@ -263,6 +269,13 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Network == "" {
 		o.Network = defaultNetwork
+	}
+	if o.WarmStart == nil {
+		v := defaultWarmStart
+		o.WarmStart = &v
+	}
+	if o.TemplateDir == "" {
+		o.TemplateDir = defaultTemplateDir()
 	}
 	if o.ForwardPorts == nil {
 		v := defaultForwardPorts

@@ -14,3 +14,6 @@ var networkModes = []string{networkUser, networkNone}
 
 // defaultForwardPorts: forward_ports when the options do not say.
 const defaultForwardPorts = true
+
+// defaultWarmStart: VZ has no warm start yet (saveTemplate).
+const defaultWarmStart = false

@@ -15,3 +15,7 @@ func defaultAccel(arch string) string { return "tcg" }
 
 // defaultForwardPorts: forward_ports when the options do not say.
 const defaultForwardPorts = false
+
+// defaultWarmStart: a task VM starts from a saved template VM when the
+// options do not say (a task the template cannot serve boots).
+const defaultWarmStart = true

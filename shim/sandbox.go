@@ -45,6 +45,8 @@ type sandbox struct {
 	pod *podShare
 	// trace logs the boot of the first container (bootTrace).
 	trace *bootTrace
+	// warm: the VM starts from a template (nil: it boots).
+	warm *warmStart
 
 	mu         sync.Mutex
 	stopped    bool // the VM was stopped on purpose
@@ -89,7 +91,8 @@ func (sb *sandbox) vmmPid() uint32 {
 func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *agentapi.SetupRequest) error {
 	start := time.Now()
 	if l, ok := sb.machine.(vm.Launcher); ok {
-		if err := l.Launch(ctx); err != nil {
+		l, err := sb.launch(ctx, l)
+		if err != nil {
 			return fmt.Errorf("starting the VM: %w", err)
 		}
 		if err := c.runCreateHooks(ctx); err != nil {
@@ -115,6 +118,9 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 	conn, err := vm.DialRetry(bootCtx, sb.machine, agentapi.PortControl)
 	cancel()
 	if err != nil {
+		// A restored agent that never answers: the next task must not
+		// restore the same template.
+		sb.warm.discard(ctx, err)
 		return fmt.Errorf("waiting for the agent: %w%s", err, consoleTail(sb.console))
 	}
 	sb.client = ttrpc.NewClient(conn)
@@ -138,6 +144,33 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 	}
 	sb.trace.mark(ctx, phaseSetUp)
 	return nil
+}
+
+// launch launches the VMM. A VM restored from a template that fails to
+// restore (a corrupt or stale template) is removed with its template and
+// launched again, cold: the task never sees the template's failure.
+func (sb *sandbox) launch(ctx context.Context, l vm.Launcher) (vm.Launcher, error) {
+	err := l.Launch(ctx)
+	if err == nil || sb.warm == nil {
+		return l, err
+	}
+	w := sb.warm
+	sb.warm = nil
+	w.discard(ctx, err)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+	_ = sb.machine.Stop(sctx)
+	cancel()
+	m, err := newMachine(ctx, sb.backend, w.cold)
+	if err != nil {
+		return nil, err
+	}
+	sb.machine = m
+	sb.trace.warm = false
+	cold, ok := m.(vm.Launcher)
+	if !ok {
+		return nil, fmt.Errorf("backend %s: %w", sb.backend, errdefs.ErrNotImplemented)
+	}
+	return cold, cold.Launch(ctx)
 }
 
 // mapNamespace is the nsMapper of the containers that join the sandbox:

@@ -248,7 +248,18 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		}
 	}
 	tnet.configure(&cfg)
+	trace.mark(ctx, phasePrepared)
+	warm, cfg := warmConfig(ctx, opts, cfg)
+	if warm != nil {
+		trace.warm = true
+		trace.mark(ctx, phaseTemplate)
+	}
 	m, err := newMachine(ctx, opts.Backend, cfg)
+	if err != nil && warm != nil {
+		warm.discard(ctx, err)
+		warm, cfg = nil, warm.cold
+		m, err = newMachine(ctx, opts.Backend, cfg)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -263,6 +274,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		net:         tnet,
 		pod:         pod,
 		trace:       trace,
+		warm:        warm,
 	}
 	c := newContainer(r, sb, spec, hs, rootfs)
 	defer func() {
@@ -277,7 +289,6 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		Sysctls:      hs.sysctls,
 		ForwardPorts: *opts.ForwardPorts,
 	}
-	trace.mark(ctx, phasePrepared)
 	if err := sb.boot(ctx, c, opts, setup); err != nil {
 		return nil, err
 	}

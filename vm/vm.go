@@ -67,7 +67,26 @@ type Config struct {
 	// modes; "" is the backend's choice. QEMU ignores them.
 	DiskCaching string
 	DiskSync    string
+	// Restore starts the VM from a saved template (a file the backend's
+	// SaveTemplate wrote, DESIGN.md §11) instead of booting it. The
+	// template must have been saved from this Config without its Disks,
+	// Shares and NICs: those are attached after the restore, in the
+	// template's hot-plug slots (TemplateSlots, TemplateNICSlots), before
+	// Start lets the guest run.
+	Restore string
 }
+
+// A template VM (and every VM restored from one) has these hot-plug slots
+// whatever its task needs, so that one save fits every task: disks and
+// shares share TemplateSlots.
+const (
+	TemplateSlots    = 8
+	TemplateNICSlots = 4
+)
+
+// TemplateArg is the kernel argument that makes the agent of a template VM
+// wait to be saved and woken (transport.AwaitWake) before it serves.
+const TemplateArg = "vz.template=1"
 
 // RootDiskID is the id (serial) of Config.RootDisk; no other disk may use it.
 const RootDiskID = "vz-root"

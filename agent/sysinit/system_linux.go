@@ -1,8 +1,11 @@
 package sysinit
 
 import (
+	"encoding/binary"
 	"fmt"
+	"os"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,6 +56,38 @@ func SetTime(t time.Time) error {
 	}
 	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
 		return fmt.Errorf("set time %s: %w", t.Format(time.RFC3339Nano), err)
+	}
+	return nil
+}
+
+// Reseed mixes seed into the kernel's entropy pool, credited, and makes
+// the kernel reseed its generator from the pool now. A VM restored from a
+// saved template starts with the template's generator state; without this
+// (or a VM generation ID the kernel acts on) two such VMs would hand out
+// the same random bytes.
+func Reseed(seed []byte) error {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("reseed: %w", err)
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	info := make([]byte, 8+len(seed))
+	binary.NativeEndian.PutUint32(info[0:], uint32(len(seed)*8))
+	binary.NativeEndian.PutUint32(info[4:], uint32(len(seed)))
+	copy(info[8:], seed)
+	if err := ioctlPtr(f.Fd(), unix.RNDADDENTROPY, unsafe.Pointer(&info[0])); err != nil {
+		return fmt.Errorf("reseed: RNDADDENTROPY: %w", err)
+	}
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.RNDRESEEDCRNG, 0); err != nil {
+		return fmt.Errorf("reseed: RNDRESEEDCRNG: %w", err)
+	}
+	return nil
+}
+
+func ioctlPtr(fd uintptr, req uint, arg unsafe.Pointer) error {
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, uintptr(req), uintptr(arg)); errno != 0 {
+		return errno
 	}
 	return nil
 }

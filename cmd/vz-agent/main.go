@@ -137,6 +137,12 @@ func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (transport.Lis
 		if err != nil {
 			return nil, nil, fmt.Errorf("opening %s: %w", dev, err)
 		}
+		if v, _ := cmdline.Get("vz.template"); v == "1" {
+			if err := wake(ctx, f); err != nil {
+				f.Close()
+				return nil, nil, err
+			}
+		}
 		m, err := transport.NewMux(ctx, f, true)
 		if err != nil {
 			f.Close()
@@ -145,6 +151,24 @@ func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (transport.Lis
 		return m, func() { m.Close() }, nil
 	}
 	return nil, nil, fmt.Errorf("unknown vz.transport %q", kind)
+}
+
+// wake waits, in a template VM, to be saved and restored (transport.Wake):
+// then this guest is one of many restored from the same save, and it takes
+// the host's seed bytes and clock before anything else runs.
+func wake(ctx context.Context, port *os.File) error {
+	w, err := transport.AwaitWake(port)
+	if err != nil {
+		return err
+	}
+	if err := sysinit.Reseed(w.Seed[:]); err != nil {
+		return err
+	}
+	if err := sysinit.SetTime(w.Time); err != nil {
+		return err
+	}
+	log.G(ctx).Debug("restored from a template")
+	return nil
 }
 
 // findVirtioPort maps a virtio-serial port name to its device: there is no

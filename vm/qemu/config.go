@@ -98,27 +98,13 @@ func validate(cfg vm.Config) (vm.Config, error) {
 		}
 	}
 
+	if err := validateDisks(cfg.Disks); err != nil {
+		return cfg, err
+	}
 	// Copy the slices: we rewrite paths and must not touch the caller's.
 	disks := make([]vm.Disk, len(cfg.Disks))
-	ids := make(map[string]bool, len(cfg.Disks))
 	for i, d := range cfg.Disks {
-		if err := checkToken(d.ID, maxDiskID); err != nil {
-			return cfg, invalid("disk %d: id %q: %v", i, d.ID, err)
-		}
-		if ids[d.ID] {
-			return cfg, invalid("disk %d: duplicate id %q", i, d.ID)
-		}
-		ids[d.ID] = true
-		if d.Path, err = filepath.Abs(d.Path); err != nil {
-			return cfg, invalid("disk %q: %v", d.ID, err)
-		}
-		fi, err := os.Stat(d.Path)
-		if err != nil {
-			return cfg, fmt.Errorf("qemu: disk %q: %w: %w", d.ID, err, errdefs.ErrInvalidArgument)
-		}
-		if !fi.Mode().IsRegular() && fi.Mode()&os.ModeDevice == 0 {
-			return cfg, invalid("disk %q: %s is neither a file nor a block device", d.ID, d.Path)
-		}
+		d.Path, _ = filepath.Abs(d.Path)
 		disks[i] = d
 	}
 	cfg.Disks = disks
@@ -166,6 +152,54 @@ func validate(cfg vm.Config) (vm.Config, error) {
 	}
 	cfg.KernelArgs = append([]string(nil), cfg.KernelArgs...)
 	return cfg, nil
+}
+
+// validateDisks checks the disks' ids and paths.
+func validateDisks(ds []vm.Disk) error {
+	ids := make(map[string]bool, len(ds))
+	for i, d := range ds {
+		if err := checkToken(d.ID, maxDiskID); err != nil {
+			return invalid("disk %d: id %q: %v", i, d.ID, err)
+		}
+		if ids[d.ID] {
+			return invalid("disk %d: duplicate id %q", i, d.ID)
+		}
+		ids[d.ID] = true
+		path, err := filepath.Abs(d.Path)
+		if err != nil {
+			return invalid("disk %q: %v", d.ID, err)
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			return fmt.Errorf("qemu: disk %q: %w: %w", d.ID, err, errdefs.ErrInvalidArgument)
+		}
+		if !fi.Mode().IsRegular() && fi.Mode()&os.ModeDevice == 0 {
+			return invalid("disk %q: %s is neither a file nor a block device", d.ID, path)
+		}
+	}
+	return nil
+}
+
+// validateTemplate checks a config with the template layout (saved as a
+// template, or restored from one) and gives it the template's slots.
+func validateTemplate(cfg *vm.Config) error {
+	if cfg.DiskSlots > 0 || cfg.NICSlots > vm.TemplateNICSlots || cfg.DiskHotplugBus != "" {
+		return invalid("a VM restored from a template has the template's hot-plug slots, not slots of its own")
+	}
+	if cfg.Network {
+		return fmt.Errorf("qemu: user networking in a VM restored from a template: %w", errdefs.ErrNotImplemented)
+	}
+	if n := len(cfg.Disks) + len(cfg.Shares); n > vm.TemplateSlots {
+		return invalid("%d disks and shares: a VM restored from a template takes at most %d", n, vm.TemplateSlots)
+	}
+	if cfg.Restore != "" {
+		fi, err := os.Stat(cfg.Restore)
+		if err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("qemu: template %s is not a file: %w", cfg.Restore, errdefs.ErrNotFound)
+		}
+	}
+	cfg.DiskSlots, cfg.NICSlots = vm.TemplateSlots, vm.TemplateNICSlots
+	return nil
 }
 
 // MaxDisks is how many disks a VM like cfg takes. Every device has a slot
@@ -217,6 +251,12 @@ type transportArgs struct {
 	// virtserialport whose host end is fd agentFD.
 	vsock bool
 	cid   uint32
+	// template: the template layout (SaveTemplate, vm.Config.Restore): no
+	// disk, share or NIC devices of the task's on the command line (only
+	// the shares' fsdev backends, for the 9p devices hot-plugged after a
+	// restore), a VM generation ID, the agent told to wait to be woken,
+	// and with Restore, QEMU waiting for the saved state.
+	template bool
 }
 
 // DefaultTCGTBSizeMiB is the size of TCG's translation cache, in MiB,
@@ -317,7 +357,18 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 		cmdline = append(cmdline, vm.RootDiskArgs()...)
 	}
 	cmdline = append(cmdline, cfg.KernelArgs...)
+	if t.template {
+		cmdline = append(cmdline, vm.TemplateArg)
+	}
 	a = append(a, "-append", strings.Join(cmdline, " "))
+	if t.template && cfg.Arch == "amd64" {
+		// A new generation ID per QEMU (guid=auto): a restored guest is
+		// told it is a copy and reseeds its random number generator.
+		a = append(a, "-device", "vmgenid,guid=auto")
+	}
+	if cfg.Restore != "" {
+		a = append(a, "-incoming", "defer")
+	}
 
 	a = append(a, "-device", "virtio-rng-pci")
 	// The guest hands the pages it frees back to the host (free page
@@ -354,10 +405,10 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 		if s.ReadOnly {
 			fsdev += ",readonly=on"
 		}
-		a = append(a,
-			"-fsdev", fsdev,
-			"-device", fmt.Sprintf("virtio-9p-pci,fsdev=fs%d,mount_tag=%s", i, s.Tag),
-		)
+		a = append(a, "-fsdev", fsdev)
+		if !t.template {
+			a = append(a, "-device", fmt.Sprintf("virtio-9p-pci,fsdev=fs%d,mount_tag=%s", i, s.Tag))
+		}
 	}
 	// Root ports for NICs hot-plugged before the guest runs (AddNIC): the
 	// root bus of q35 and virt takes no hot-plug. chassis numbers must be

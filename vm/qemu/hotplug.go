@@ -27,6 +27,11 @@ func diskNodeID(id string) string { return "blk-" + id }
 func (m *Machine) AddDisk(ctx context.Context, d vm.Disk) error {
 	m.lifecycle.Lock()
 	defer m.lifecycle.Unlock()
+	return m.addDisk(ctx, d)
+}
+
+// addDisk is AddDisk with lifecycle held.
+func (m *Machine) addDisk(ctx context.Context, d vm.Disk) error {
 	if err := checkToken(d.ID, maxDiskID); err != nil {
 		return invalid("disk id %q: %v", d.ID, err)
 	}

@@ -83,6 +83,12 @@ type Machine struct {
 	binary string
 	args   []string
 	log    *log.Entry
+	// template: the VM has the template layout (it is saved as one, or
+	// restored from one: cfg.Restore); its agent port carries the wake
+	// handshake before the mux.
+	template bool
+	// restoreDisks are hot-plugged once the template is restored.
+	restoreDisks []vm.Disk
 
 	// lifecycle serializes Start and Stop; mu guards the fields below
 	// and is never held while waiting.
@@ -119,19 +125,40 @@ var (
 // are errdefs.ErrInvalidArgument and name the offending path or value.
 // ctx carries the logger the machine keeps using.
 func New(ctx context.Context, cfg vm.Config, opts ...Option) (*Machine, error) {
+	return newMachine(ctx, cfg, false, opts...)
+}
+
+// newMachine is New, or with template set the machine SaveTemplate boots.
+func newMachine(ctx context.Context, cfg vm.Config, template bool, opts ...Option) (*Machine, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
+	}
+	template = template || cfg.Restore != ""
+	var restoreDisks []vm.Disk
+	if template {
+		if err := validateTemplate(&cfg); err != nil {
+			return nil, err
+		}
+		// Hot-plugged after the restore, not on the command line.
+		restoreDisks, cfg.Disks = cfg.Disks, nil
 	}
 	cfg, err := validate(cfg)
 	if err != nil {
 		return nil, err
 	}
+	if template {
+		if err := validateDisks(restoreDisks); err != nil {
+			return nil, err
+		}
+	}
 	m := &Machine{
-		cfg:    cfg,
-		binary: o.binary,
-		log:    log.G(ctx).WithField("vm", cfg.ID),
-		Exit:   vm.NewExit(),
+		cfg:          cfg,
+		binary:       o.binary,
+		log:          log.G(ctx).WithField("vm", cfg.ID),
+		Exit:         vm.NewExit(),
+		template:     template,
+		restoreDisks: restoreDisks,
 
 		disks:     make([]string, cfg.DiskSlots),
 		unplugged: map[string]chan struct{}{},
@@ -145,6 +172,9 @@ func New(ctx context.Context, cfg vm.Config, opts ...Option) (*Machine, error) {
 	} else {
 		m.vsock = unix.Access(vhostVsock, unix.R_OK|unix.W_OK) == nil
 	}
+	if m.vsock && template {
+		return nil, fmt.Errorf("qemu: warm start over vsock: %w", errdefs.ErrNotImplemented)
+	}
 	if m.vsock {
 		// A random CID instead of a registry shared between shims: a
 		// collision (odds ~n/2^32) fails Start with "Address already in
@@ -153,7 +183,7 @@ func New(ctx context.Context, cfg vm.Config, opts ...Option) (*Machine, error) {
 			return nil, err
 		}
 	}
-	m.args = buildArgs(cfg, transportArgs{vsock: m.vsock, cid: m.cid})
+	m.args = buildArgs(cfg, transportArgs{vsock: m.vsock, cid: m.cid, template: template})
 	return m, nil
 }
 
@@ -200,6 +230,13 @@ func (m *Machine) Start(ctx context.Context) error {
 		err = m.startError(err)
 		m.kill(err)
 		return err
+	}
+	if m.cfg.Restore != "" {
+		if err := m.wakeLocked(); err != nil {
+			err = m.startError(err)
+			m.kill(err)
+			return err
+		}
 	}
 	return nil
 }
@@ -249,6 +286,13 @@ func (m *Machine) launchLocked(ctx context.Context) error {
 	m.mu.Lock()
 	m.launched = true
 	m.mu.Unlock()
+	if m.cfg.Restore != "" {
+		if err := m.restoreLocked(ctx); err != nil {
+			err = m.startError(err)
+			m.kill(err)
+			return err
+		}
+	}
 	return nil
 }
 
@@ -498,6 +542,10 @@ func (m *Machine) agentPortChanged(open bool) {
 		// keepalive timeout.
 		m.log.Debug("qemu: the guest closed the agent port")
 		m.agent.Close()
+		return
+	}
+	if m.template {
+		// The wake handshake comes first (SaveTemplate, wakeLocked).
 		return
 	}
 	if m.mux != nil {
