@@ -40,6 +40,9 @@ type Config struct {
 	// Boot, when not nil, is the guest's boot trace: Serve marks "serving"
 	// in it and Info reports it.
 	Boot *BootTrace
+	// Serving, when not nil, is called once Serve listens on every port:
+	// a template VM's agent says there that it is idle (transport.WakeConn).
+	Serving func()
 }
 
 // Agent serves one guest.
@@ -141,6 +144,9 @@ func (a *Agent) Serve(ctx context.Context, lf transport.ListenerFactory) error {
 	}()
 	a.cfg.Boot.Mark("serving")
 	log.G(ctx).Info("agent serving")
+	if a.cfg.Serving != nil {
+		a.cfg.Serving()
+	}
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

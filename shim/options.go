@@ -34,7 +34,7 @@ type Options struct {
 	Arch    string `toml:"arch"`
 	Accel   string `toml:"accel"`
 	// TCGTBSizeMiB is QEMU's TCG translation cache in MiB (accel tcg): a
-	// smaller one costs less memory per VM and more retranslation (0: 32).
+	// smaller one costs less memory per VM and more retranslation (0: 64).
 	TCGTBSizeMiB int      `toml:"tcg_tb_size_mib"`
 	CPUs         int      `toml:"cpus"`
 	MemoryMiB    int      `toml:"memory_mib"`

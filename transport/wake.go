@@ -6,15 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"sync"
 	"time"
 )
 
 // Warm start (DESIGN.md §11) on the serial transport. A template VM's agent
-// opens its port, writes IdleMark and blocks reading a Wake before it
-// starts its Mux: the host saves the VM while it waits there, so every VM
-// restored from the save wakes at the same instruction, with a mux that
-// has never carried a byte. The host end of a restored VM writes the Wake
-// and then starts its own Mux.
+// opens its port, writes IdleMark and blocks reading a Wake (WakeConn)
+// before its Mux reads or writes a byte: the host saves the VM while it
+// waits there, so every VM restored from the save wakes at the same
+// instruction, with a mux that has never carried a byte. The host end of a
+// restored VM writes the Wake and then starts its own Mux.
 //
 // The Wake carries what must differ between two VMs restored from one
 // template and cannot wait for the first ttrpc call: seed bytes for the
@@ -42,16 +44,13 @@ func (w Wake) MarshalBinary() ([]byte, error) {
 	return binary.BigEndian.AppendUint64(b, uint64(w.Time.UnixNano())), nil
 }
 
-// AwaitWake is the guest's side: it writes IdleMark to rw and reads until a
-// whole Wake arrived. A read that finds no host connected (end of file on
-// a virtio-serial port) is retried after a pause, never taken for a Wake.
-func AwaitWake(rw io.ReadWriter) (Wake, error) {
-	if _, err := io.WriteString(rw, IdleMark); err != nil {
-		return Wake{}, fmt.Errorf("announcing the idle template: %w", err)
-	}
+// readWake reads one Wake, and not a byte more. A read that finds no host
+// connected (end of file on a virtio-serial port) is retried after a
+// pause, never taken for a Wake.
+func readWake(r io.Reader) (Wake, error) {
 	buf := make([]byte, wakeLen)
 	for n := 0; n < len(buf); {
-		k, err := rw.Read(buf[n:])
+		k, err := r.Read(buf[n:])
 		n += k
 		if errors.Is(err, io.EOF) && k == 0 {
 			time.Sleep(10 * time.Millisecond)
@@ -85,4 +84,72 @@ func AwaitIdle(r io.Reader) error {
 		return fmt.Errorf("the template's agent wrote %q, not its idle mark", buf)
 	}
 	return nil
+}
+
+// WakeConn is the guest's end of the agent port in a template VM. Its
+// first Read waits for the Wake and hands it to onWake, and every Write
+// waits until then; Idle writes IdleMark. So the agent sets itself up
+// whole, its Mux and listeners too, and then says it is idle: a restored
+// VM runs only what comes after the Wake. The Mux's keepalive pings wait
+// with the Writes, and never go to the host that saved the template.
+type WakeConn struct {
+	rwc    io.ReadWriteCloser
+	onWake func(Wake) error
+
+	once   sync.Once
+	woken  chan struct{}
+	closed chan struct{}
+	err    error // set before woken is closed
+}
+
+// NewWakeConn wraps rwc.
+func NewWakeConn(rwc io.ReadWriteCloser, onWake func(Wake) error) *WakeConn {
+	return &WakeConn{rwc: rwc, onWake: onWake, woken: make(chan struct{}), closed: make(chan struct{})}
+}
+
+// Idle writes IdleMark: the host saves the VM from here on.
+func (c *WakeConn) Idle() error {
+	if _, err := io.WriteString(c.rwc, IdleMark); err != nil {
+		return fmt.Errorf("announcing the idle template: %w", err)
+	}
+	return nil
+}
+
+// Read waits for the Wake first (once), then reads the port.
+func (c *WakeConn) Read(p []byte) (int, error) {
+	c.once.Do(func() {
+		defer close(c.woken)
+		w, err := readWake(c.rwc)
+		if err == nil && c.onWake != nil {
+			err = c.onWake(w)
+		}
+		c.err = err
+	})
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.rwc.Read(p)
+}
+
+// Write waits until the Wake was read.
+func (c *WakeConn) Write(p []byte) (int, error) {
+	select {
+	case <-c.woken:
+	case <-c.closed:
+		return 0, net.ErrClosed
+	}
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.rwc.Write(p)
+}
+
+// Close closes the port, which ends a Read waiting for the Wake.
+func (c *WakeConn) Close() error {
+	select {
+	case <-c.closed:
+	default:
+		close(c.closed)
+	}
+	return c.rwc.Close()
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -102,12 +103,20 @@ func runInit() error {
 		}
 		boot.Mark("network")
 	}
-	lf, closeT, err := guestTransport(ctx, cmdline)
+	lf, wc, closeT, err := guestTransport(ctx, cmdline)
 	if err != nil {
 		return err
 	}
 	defer closeT()
-	err = serve(agent.Config{StateDir: "/run/vz-agent", Init: true, Boot: boot}, lf, func(ctx context.Context) {
+	cfg := agent.Config{StateDir: "/run/vz-agent", Init: true, Boot: boot}
+	if wc != nil {
+		cfg.Serving = func() {
+			if err := wc.Idle(); err != nil {
+				log.G(ctx).WithError(err).Error("template: not saved")
+			}
+		}
+	}
+	err = serve(cfg, lf, func(ctx context.Context) {
 		sysinit.Shutdown(ctx, false)
 	})
 	if err != nil {
@@ -118,12 +127,13 @@ func runInit() error {
 
 // guestTransport picks the transport named on the kernel command line:
 // vz.transport=vsock, or vz.transport=serial with vz.port=<virtio port name>
-// (a yamux multiplexer over the virtio-serial port).
-func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (transport.ListenerFactory, func(), error) {
+// (a yamux multiplexer over the virtio-serial port). With vz.template=1
+// (serial only) the port waits to be woken: wc, to say when it is idle.
+func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (lf transport.ListenerFactory, wc *transport.WakeConn, closeT func(), err error) {
 	kind, _ := cmdline.Get("vz.transport")
 	switch kind {
 	case "", "vsock":
-		return transport.Vsock{}, func() {}, nil
+		return transport.Vsock{}, nil, func() {}, nil
 	case "serial":
 		name, ok := cmdline.Get("vz.port")
 		if !ok {
@@ -131,36 +141,31 @@ func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (transport.Lis
 		}
 		dev, err := findVirtioPort(name)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		f, err := os.OpenFile(dev, os.O_RDWR, 0)
 		if err != nil {
-			return nil, nil, fmt.Errorf("opening %s: %w", dev, err)
+			return nil, nil, nil, fmt.Errorf("opening %s: %w", dev, err)
 		}
+		var port io.ReadWriteCloser = f
 		if v, _ := cmdline.Get("vz.template"); v == "1" {
-			if err := wake(ctx, f); err != nil {
-				f.Close()
-				return nil, nil, err
-			}
+			wc = transport.NewWakeConn(f, func(w transport.Wake) error { return wake(ctx, w) })
+			port = wc
 		}
-		m, err := transport.NewMux(ctx, f, true)
+		m, err := transport.NewMux(ctx, port, true)
 		if err != nil {
 			f.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		return m, func() { m.Close() }, nil
+		return m, wc, func() { m.Close() }, nil
 	}
-	return nil, nil, fmt.Errorf("unknown vz.transport %q", kind)
+	return nil, nil, nil, fmt.Errorf("unknown vz.transport %q", kind)
 }
 
-// wake waits, in a template VM, to be saved and restored (transport.Wake):
-// then this guest is one of many restored from the same save, and it takes
-// the host's seed bytes and clock before anything else runs.
-func wake(ctx context.Context, port *os.File) error {
-	w, err := transport.AwaitWake(port)
-	if err != nil {
-		return err
-	}
+// wake runs when a template VM was restored (transport.WakeConn): this
+// guest is one of many restored from the same save, and it takes the
+// host's seed bytes and clock before any request reaches the agent.
+func wake(ctx context.Context, w transport.Wake) error {
 	if err := sysinit.Reseed(w.Seed[:]); err != nil {
 		return err
 	}

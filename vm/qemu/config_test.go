@@ -98,7 +98,7 @@ func TestCommandAmd64Serial(t *testing.T) {
 	for _, want := range [][]string{
 		{"-S"},
 		{"-M", "q35"},
-		{"-accel", "tcg,tb-size=32"},
+		{"-accel", "tcg,tb-size=64"},
 		{"-device", "virtio-balloon-pci,free-page-reporting=on"},
 		{"-cpu", "max"},
 		{"-nodefaults", "-no-user-config"},
@@ -159,7 +159,7 @@ func TestCommandArm64Vsock(t *testing.T) {
 	}
 	for _, want := range [][]string{
 		{"-M", "virt,gic-version=max"},
-		{"-accel", "tcg,tb-size=32"},
+		{"-accel", "tcg,tb-size=64"},
 		{"-cpu", "max"},
 		{"-device", fmt.Sprintf("vhost-vsock-pci,guest-cid=%d", m.CID())},
 		{"-chardev", "null,id=console", "-serial", "chardev:console"},
