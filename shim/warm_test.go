@@ -11,7 +11,7 @@ import (
 )
 
 func TestWarmUnfit(t *testing.T) {
-	ok := vm.Config{Disks: make([]vm.Disk, 2), Shares: make([]vm.Share, 1), NICSlots: nicSlots}
+	ok := vm.Config{Disks: make([]vm.Disk, 2), Shares: make([]vm.Share, 1), NICSlots: vm.TemplateNICSlots}
 	if why := warmUnfit(ok); why != "" {
 		t.Errorf("a task with 2 disks, a share and NICs: unfit: %s", why)
 	}
