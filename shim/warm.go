@@ -25,6 +25,11 @@ type warmStart struct {
 	cold vm.Config
 }
 
+// minJoinSlots is how many of a template's hot-plug slots must be left,
+// once a grouped VM took its own, for the disks of the containers that join
+// it (a booted grouped VM has groupDiskSlots).
+const minJoinSlots = groupDiskSlots / 2
+
 // maxTemplates is how many templates a cache keeps: the most recently
 // used (a rebuilt kernel or shim, another VM size, each makes one).
 const maxTemplates = 8
@@ -110,8 +115,10 @@ func warmConfig(ctx context.Context, opts Options, cfg vm.Config) (*warmStart, v
 // warmUnfit says why a template cannot serve cfg, "" when it can.
 func warmUnfit(cfg vm.Config) string {
 	switch {
-	case cfg.DiskSlots > 0:
-		return "a VM that containers join (hot-plug slots of its own)"
+	case cfg.DiskSlots > 0 && cfg.DiskHotplugBus == vm.DiskBusUSB:
+		return "a VM that containers join with USB disks (disk_hotplug = \"usb\")"
+	case cfg.DiskSlots > 0 && vm.TemplateSlots-len(cfg.Disks)-len(cfg.Shares) < minJoinSlots:
+		return "a VM that containers join, with too few of a template's slots left for their disks"
 	case cfg.Network:
 		return "user-mode networking (DHCP at boot)"
 	case len(cfg.Disks)+len(cfg.Shares) > vm.TemplateSlots:

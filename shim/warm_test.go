@@ -15,11 +15,16 @@ func TestWarmUnfit(t *testing.T) {
 	if why := warmUnfit(ok); why != "" {
 		t.Errorf("a task with 2 disks, a share and NICs: unfit: %s", why)
 	}
+	pod := vm.Config{DiskSlots: groupDiskSlots, DiskHotplugBus: vm.DiskBusVirtio, Disks: make([]vm.Disk, 1), Shares: make([]vm.Share, 1), NICSlots: vm.TemplateNICSlots}
+	if why := warmUnfit(pod); why != "" {
+		t.Errorf("a pod's sandbox: unfit: %s", why)
+	}
 	for name, cfg := range map[string]vm.Config{
-		"grouped":   {DiskSlots: 8},
-		"user net":  {Network: true},
-		"too many":  {Disks: make([]vm.Disk, vm.TemplateSlots), Shares: make([]vm.Share, 1)},
-		"many NICs": {NICSlots: vm.TemplateNICSlots + 1},
+		"usb group":  {DiskSlots: 8, DiskHotplugBus: vm.DiskBusUSB},
+		"full group": {DiskSlots: 8, Disks: make([]vm.Disk, vm.TemplateSlots-minJoinSlots), Shares: make([]vm.Share, 1)},
+		"user net":   {Network: true},
+		"too many":   {Disks: make([]vm.Disk, vm.TemplateSlots), Shares: make([]vm.Share, 1)},
+		"many NICs":  {NICSlots: vm.TemplateNICSlots + 1},
 	} {
 		if warmUnfit(cfg) == "" {
 			t.Errorf("%s: a template would serve it", name)

@@ -78,9 +78,10 @@ type Config struct {
 
 // A template VM (and every VM restored from one) has these hot-plug slots
 // whatever its task needs, so that one save fits every task: disks and
-// shares share TemplateSlots.
+// shares share TemplateSlots, and in a VM that containers join
+// (Config.DiskSlots) so do their disks.
 const (
-	TemplateSlots    = 8
+	TemplateSlots    = 12
 	TemplateNICSlots = 4
 )
 

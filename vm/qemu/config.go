@@ -183,8 +183,8 @@ func validateDisks(ds []vm.Disk) error {
 // validateTemplate checks a config with the template layout (saved as a
 // template, or restored from one) and gives it the template's slots.
 func validateTemplate(cfg *vm.Config) error {
-	if cfg.DiskSlots > 0 || cfg.NICSlots > vm.TemplateNICSlots || cfg.DiskHotplugBus != "" {
-		return invalid("a VM restored from a template has the template's hot-plug slots, not slots of its own")
+	if cfg.DiskSlots > vm.TemplateSlots || cfg.NICSlots > vm.TemplateNICSlots || usbDisks(*cfg) {
+		return invalid("a VM restored from a template has the template's hot-plug slots (%d virtio, %d NICs), not slots of its own", vm.TemplateSlots, vm.TemplateNICSlots)
 	}
 	if cfg.Network {
 		return fmt.Errorf("qemu: user networking in a VM restored from a template: %w", errdefs.ErrNotImplemented)
@@ -198,7 +198,7 @@ func validateTemplate(cfg *vm.Config) error {
 			return fmt.Errorf("qemu: template %s is not a file: %w", cfg.Restore, errdefs.ErrNotFound)
 		}
 	}
-	cfg.DiskSlots, cfg.NICSlots = vm.TemplateSlots, vm.TemplateNICSlots
+	cfg.DiskSlots, cfg.NICSlots, cfg.DiskHotplugBus = vm.TemplateSlots, vm.TemplateNICSlots, ""
 	return nil
 }
 

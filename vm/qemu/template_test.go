@@ -130,19 +130,27 @@ func TestTemplateConfig(t *testing.T) {
 	if _, err := New(context.Background(), net, WithVsock(false)); !errdefs.IsNotImplemented(err) {
 		t.Errorf("restore with user networking: %v", err)
 	}
+	usb := base
+	usb.Restore, usb.DiskSlots, usb.DiskHotplugBus = kernel, 8, vm.DiskBusUSB
+	if _, err := New(context.Background(), usb, WithVsock(false)); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("restore with USB disk slots: %v", err)
+	}
 	vs := base
 	vs.Restore = kernel
 	if _, err := New(context.Background(), vs, WithVsock(true)); !errdefs.IsNotImplemented(err) {
 		t.Errorf("restore over vsock: %v", err)
 	}
 	ok := base
-	ok.Restore = kernel
+	ok.Restore, ok.DiskSlots, ok.DiskHotplugBus = kernel, 8, vm.DiskBusVirtio // a pod's: the template's slots
 	m, err := New(context.Background(), ok, WithVsock(false))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := strings.Join(m.Command(), " ")
-	for _, want := range []string{"-incoming defer", "vmgenid,guid=auto", vm.TemplateArg, "diskslot7", "nicslot3"} {
+	if n := len(m.disks); n != vm.TemplateSlots {
+		t.Errorf("%d disk slots, want the template's %d", n, vm.TemplateSlots)
+	}
+	for _, want := range []string{"-incoming defer", "vmgenid,guid=auto", vm.TemplateArg, "diskslot11", "nicslot3"} {
 		if !strings.Contains(cmd, want) {
 			t.Errorf("restore command line lacks %q: %s", want, cmd)
 		}
