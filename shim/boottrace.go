@@ -98,6 +98,16 @@ func (t *bootTrace) markAt(ctx context.Context, phase string, at time.Time) {
 	}).Info(bootTraceLogString)
 }
 
+// setWarm says whether the VM is restored from a template (warm).
+func (t *bootTrace) setWarm(warm bool) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.warm = warm
+}
+
 // guest logs the guest's phases, which the agent reported at uptime,
 // answering at host time answered: the guest's uptime u is then
 // answered-(uptime-u) on the host's clock.

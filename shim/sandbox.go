@@ -165,7 +165,7 @@ func (sb *sandbox) launch(ctx context.Context, l vm.Launcher) (vm.Launcher, erro
 		return nil, err
 	}
 	sb.machine = m
-	sb.trace.warm = false
+	sb.trace.setWarm(false)
 	cold, ok := m.(vm.Launcher)
 	if !ok {
 		return nil, fmt.Errorf("backend %s: %w", sb.backend, errdefs.ErrNotImplemented)

@@ -251,7 +251,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	trace.mark(ctx, phasePrepared)
 	warm, cfg := warmConfig(ctx, opts, cfg)
 	if warm != nil {
-		trace.warm = true
+		trace.setWarm(true)
 		trace.mark(ctx, phaseTemplate)
 	}
 	m, err := newMachine(ctx, opts.Backend, cfg)

@@ -405,13 +405,13 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 		// chown as root), and failures to set them are ignored when not
 		// root. multidevs=remap: a tree spanning several host file
 		// systems (overlayfs) keeps unique inode numbers.
-		fsdev := fmt.Sprintf("local,id=fs%d,path=%s,security_model=none,multidevs=remap", i, optEscape(s.Path))
+		fsdev := fmt.Sprintf("local,id=%s,path=%s,security_model=none,multidevs=remap", fsdevID(i), optEscape(s.Path))
 		if s.ReadOnly {
 			fsdev += ",readonly=on"
 		}
 		a = append(a, "-fsdev", fsdev)
 		if !t.template {
-			a = append(a, "-device", fmt.Sprintf("virtio-9p-pci,fsdev=fs%d,mount_tag=%s", i, s.Tag))
+			a = append(a, "-device", fmt.Sprintf("virtio-9p-pci,fsdev=%s,mount_tag=%s", fsdevID(i), s.Tag))
 		}
 	}
 	// Root ports for NICs hot-plugged before the guest runs (AddNIC): the
