@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -10,9 +11,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/vishvananda/netlink"
 
 	"github.com/vz-shim/containerd-shim-vz/agent/sysinit"
+	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
 )
 
 // NetworkDir holds the files the shim bind-mounts into containers as
@@ -77,6 +81,60 @@ func ConfigureNetwork(ctx context.Context, dir string) (*Network, error) {
 		"dns": l.Nameservers, "took": time.Since(start),
 	}).Info("network configured by dhcp")
 	return n, nil
+}
+
+// ConfigureDHCP is ConfigureNetwork for a VM restored from a template, in
+// Setup: its NIC may still be coming (hot-plugged), and with d.Mac the NIC
+// that has no such address yet takes it (VZ: the template's NIC keeps the
+// template's address, which every restored VM would share, lease included).
+func ConfigureDHCP(ctx context.Context, dir string, d *agentapi.Dhcp) error {
+	var mac net.HardwareAddr
+	if d.Mac != "" {
+		var err error
+		if mac, err = net.ParseMAC(d.Mac); err != nil || len(mac) != 6 {
+			return fmt.Errorf("dhcp: mac %q: %w", d.Mac, errdefs.ErrInvalidArgument)
+		}
+	}
+	// A VM with user networking has one NIC: the one the VMM gave this
+	// address, or, while none has it, the first that shows up.
+	deadline := time.Now().Add(hotplugWait)
+	for {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return fmt.Errorf("dhcp: listing NICs: %w", err)
+		}
+		found := false
+		for _, l := range links {
+			if mac != nil && l.Attrs().HardwareAddr.String() == mac.String() {
+				found = true
+			}
+		}
+		if found {
+			break
+		}
+		name, err := sysinit.FirstNIC()
+		if err != nil {
+			return err
+		}
+		if name != "" {
+			if mac != nil {
+				l, err := netlink.LinkByName(name)
+				if err != nil {
+					return fmt.Errorf("dhcp: %s: %w", name, err)
+				}
+				if err := netlink.LinkSetHardwareAddr(l, mac); err != nil {
+					return fmt.Errorf("dhcp: %s: setting mac %s: %w", name, mac, err)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("dhcp: no NIC after %s: %w", hotplugWait, errdefs.ErrNotFound)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, err := ConfigureNetwork(ctx, dir)
+	return err
 }
 
 func configureNIC(ctx context.Context, name string) (*sysinit.Lease, error) {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -62,6 +63,15 @@ func (s *systemService) Setup(ctx context.Context, r *agentapi.SetupRequest) (*e
 	if r.Network != nil {
 		if err := ConfigureStatic(ctx, NetworkDir, r.Network); err != nil {
 			return nil, fmt.Errorf("network: %w", err)
+		}
+	}
+	if r.Dhcp != nil {
+		// As at boot: the containers run without network rather than not.
+		if err := ConfigureDHCP(ctx, NetworkDir, r.Dhcp); err != nil {
+			if errdefs.IsInvalidArgument(err) {
+				return nil, fmt.Errorf("network: %w", err)
+			}
+			log.G(ctx).WithError(err).Error("network: dhcp failed; the VM has no network")
 		}
 	}
 	if err := SetSysctls(r.Sysctls); err != nil {

@@ -35,7 +35,14 @@ func warmRuntimeConfig(tb testing.TB, d *daemon) (config, templates string) {
 // (TOML) after them, in a file of tb's.
 func runtimeConfigWith(tb testing.TB, d *daemon, extra string) string {
 	tb.Helper()
-	b, err := os.ReadFile(d.vzConfig)
+	return optionsWith(tb, d.vzConfig, extra)
+}
+
+// optionsWith writes the runtime options of the file base with extra
+// (TOML) after them, in a file of tb's.
+func optionsWith(tb testing.TB, base, extra string) string {
+	tb.Helper()
+	b, err := os.ReadFile(base)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -136,6 +143,50 @@ func TestWarmStart(t *testing.T) {
 	}
 	if a.addr == "" || a.addr == b.addr || a.mac == b.mac {
 		t.Errorf("restored VMs' addresses %q and %q, MACs %q and %q: want their own", a.addr, b.addr, a.mac, b.mac)
+	}
+}
+
+// TestWarmStartUserNetwork: with network = "user" (QEMU's NAT) a restored
+// VM gets its NIC after the restore, with an address of its task's, and
+// its lease in Setup: the container reaches the host, and two restored VMs
+// have two MACs (the template has none to share).
+func TestWarmStartUserNetwork(t *testing.T) {
+	h := newHarness(t, runtimeCase{name: "vz", runtime: vzRuntime, vm: true})
+	templates := filepath.Join(t.TempDir(), "templates")
+	h.vzConfig = optionsWith(t, h.d.vzUser, fmt.Sprintf("warm_start = true\ntemplate_dir = %q\n", templates))
+	const page = "hello over a restored VM's NIC"
+	port := listenTCP(t, "127.0.0.1:0", page)
+	script := fmt.Sprintf(`wget -q -O - http://%s:%d/; echo; ip -4 -o addr show eth0 | awk '{print $4}'; `+
+		`cat /sys/class/net/eth0/address; grep -c nameserver /etc/resolv.conf`, vzNetGateway, port)
+	var macs []string
+	for i := range 3 {
+		logStart := h.d.logSize()
+		r := h.ctr(h.runArgs(h.rmFlags(), h.newID("warmnet"), "sh", "-c", script)...)
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		if r.code != 0 || len(lines) != 4 {
+			t.Fatalf("run %d: want the page, an address, a MAC and a nameserver count: %s", i, r)
+		}
+		if lines[0] != page {
+			t.Errorf("run %d: wget http://%s:%d/ (the host's 127.0.0.1): got %q, want %q", i, vzNetGateway, port, lines[0], page)
+		}
+		if !strings.HasPrefix(lines[1], vzNetGuest+"/") {
+			t.Errorf("run %d: eth0 has %q, want %s from DHCP", i, lines[1], vzNetGuest)
+		}
+		if lines[3] == "0" {
+			t.Errorf("run %d: no nameserver in /etc/resolv.conf", i)
+		}
+		log := h.d.logSince(logStart)
+		if i > 0 && (!strings.Contains(log, `phase="template ready"`) || templateMadeRE.MatchString(log)) {
+			t.Errorf("run %d: not restored from the first run's template:\n%s", i, tailLines(log, 30))
+		}
+		macs = append(macs, lines[2])
+		t.Logf("run %d: %s, ctr run --rm took %s", i, lines[2], r.elapsed.Round(time.Millisecond))
+	}
+	if macs[1] == macs[2] {
+		t.Errorf("two restored VMs have one MAC %s", macs[1])
+	}
+	if got := templateFiles(t, templates); len(got) != 1 {
+		t.Errorf("templates %v, want one", got)
 	}
 }
 

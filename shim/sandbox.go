@@ -109,7 +109,7 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 		if c.hooks.setsUpNetwork() {
 			return fmt.Errorf("prestart and createRuntime hooks need a VMM process on the host, which this backend has not: %w", errdefs.ErrInvalidArgument)
 		}
-		if err := sb.machine.Start(ctx); err != nil {
+		if err := sb.start(ctx); err != nil {
 			return fmt.Errorf("starting the VM: %w", err)
 		}
 		sb.trace.mark(ctx, phaseVMMStarted)
@@ -132,6 +132,11 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 	sb.trace.mark(ctx, phaseConnected)
 
 	setup.Network = sb.net.guest()
+	if w := sb.warm; w != nil && w.cold.Network {
+		// The template asked for no lease (vz.net=static); this VM's NIC
+		// has the task's address, which the agent gives a VZ NIC.
+		setup.Dhcp = &agentapi.Dhcp{Mac: vm.NetworkMAC(w.cold.ID, w.cold.StateDir).String()}
+	}
 	if setup.ForwardPorts {
 		sb.forwarders = append(sb.forwarders, newPortForwarder(sb.machine, nil))
 	}
@@ -154,9 +159,23 @@ func (sb *sandbox) launch(ctx context.Context, l vm.Launcher) (vm.Launcher, erro
 	if err == nil || sb.warm == nil {
 		return l, err
 	}
+	m, err := sb.cold(ctx, err)
+	if err != nil {
+		return nil, err
+	}
+	cold, ok := m.(vm.Launcher)
+	if !ok {
+		return nil, fmt.Errorf("backend %s: %w", sb.backend, errdefs.ErrNotImplemented)
+	}
+	return cold, cold.Launch(ctx)
+}
+
+// cold replaces a VM restored from a template that failed (why) with one
+// that boots, and removes the template.
+func (sb *sandbox) cold(ctx context.Context, why error) (vm.Machine, error) {
 	w := sb.warm
 	sb.warm = nil
-	w.discard(ctx, err)
+	w.discard(ctx, why)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 	_ = sb.machine.Stop(sctx)
 	cancel()
@@ -166,11 +185,21 @@ func (sb *sandbox) launch(ctx context.Context, l vm.Launcher) (vm.Launcher, erro
 	}
 	sb.machine = m
 	sb.trace.setWarm(false)
-	cold, ok := m.(vm.Launcher)
-	if !ok {
-		return nil, fmt.Errorf("backend %s: %w", sb.backend, errdefs.ErrNotImplemented)
+	return m, nil
+}
+
+// start starts a VMM that is not a vm.Launcher (VZ) and, like launch, boots
+// cold a VM whose template failed to restore.
+func (sb *sandbox) start(ctx context.Context) error {
+	err := sb.machine.Start(ctx)
+	if err == nil || sb.warm == nil {
+		return err
 	}
-	return cold, cold.Launch(ctx)
+	m, err := sb.cold(ctx, err)
+	if err != nil {
+		return err
+	}
+	return m.Start(ctx)
 }
 
 // mapNamespace is the nsMapper of the containers that join the sandbox:

@@ -119,8 +119,6 @@ func warmUnfit(cfg vm.Config) string {
 		return "a VM that containers join with USB disks (disk_hotplug = \"usb\")"
 	case cfg.DiskSlots > 0 && vm.TemplateSlots-len(cfg.Disks)-len(cfg.Shares) < minJoinSlots:
 		return "a VM that containers join, with too few of a template's slots left for their disks"
-	case cfg.Network:
-		return "user-mode networking (DHCP at boot)"
 	case len(cfg.Disks)+len(cfg.Shares) > vm.TemplateSlots:
 		return strconv.Itoa(len(cfg.Disks)+len(cfg.Shares)) + " disks and shares, more than a template's " + strconv.Itoa(vm.TemplateSlots) + " slots"
 	case cfg.NICSlots > vm.TemplateNICSlots:

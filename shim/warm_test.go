@@ -22,7 +22,6 @@ func TestWarmUnfit(t *testing.T) {
 	for name, cfg := range map[string]vm.Config{
 		"usb group":  {DiskSlots: 8, DiskHotplugBus: vm.DiskBusUSB},
 		"full group": {DiskSlots: 8, Disks: make([]vm.Disk, vm.TemplateSlots-minJoinSlots), Shares: make([]vm.Share, 1)},
-		"user net":   {Network: true},
 		"too many":   {Disks: make([]vm.Disk, vm.TemplateSlots), Shares: make([]vm.Share, 1)},
 		"many NICs":  {NICSlots: vm.TemplateNICSlots + 1},
 	} {
@@ -61,8 +60,9 @@ func TestWarmConfigOff(t *testing.T) {
 	if w, got := warmConfig(context.Background(), Options{WarmStart: &off}, cfg); w != nil || got.Restore != "" {
 		t.Errorf("warm_start off: %+v, %+v", w, got)
 	}
+	cfg = vm.Config{ID: "x", NICSlots: vm.TemplateNICSlots + 1}
 	if w, got := warmConfig(context.Background(), Options{WarmStart: &on}, cfg); w != nil || got.Restore != "" {
-		t.Errorf("user network: %+v, %+v", w, got)
+		t.Errorf("too many NICs: %+v, %+v", w, got)
 	}
 }
 

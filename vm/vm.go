@@ -6,6 +6,7 @@ package vm
 
 import (
 	"context"
+	"crypto/sha256"
 	"net"
 	"os"
 
@@ -177,4 +178,18 @@ type DiskHotplugger interface {
 	// RemoveDisk detaches the disk id once the guest let it go (it must
 	// not be mounted there) and frees its slot.
 	RemoveDisk(ctx context.Context, id string) error
+}
+
+// NetworkMAC is the address of the NIC of Config.Network, derived from the
+// task so that a VM gets the same one (and from a DHCP server that keeps
+// leases, macOS's bootpd, the same lease) each time its task boots, and
+// that two VMs restored from one template do not share the template's.
+// The state dir is hashed too: it holds the namespace, and two tasks of one
+// id in two namespaces run side by side on the same NAT network. The
+// address is unicast and locally administered.
+func NetworkMAC(id, stateDir string) net.HardwareAddr {
+	sum := sha256.Sum256([]byte("containerd-vz\x00" + id + "\x00" + stateDir))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
 }

@@ -186,8 +186,8 @@ func validateTemplate(cfg *vm.Config) error {
 	if cfg.DiskSlots > vm.TemplateSlots || cfg.NICSlots > vm.TemplateNICSlots || usbDisks(*cfg) {
 		return invalid("a VM restored from a template has the template's hot-plug slots (%d virtio, %d NICs), not slots of its own", vm.TemplateSlots, vm.TemplateNICSlots)
 	}
-	if cfg.Network {
-		return fmt.Errorf("qemu: user networking in a VM restored from a template: %w", errdefs.ErrNotImplemented)
+	if cfg.Network && cfg.Restore == "" {
+		return invalid("a template has no NIC: user networking is added to the VMs restored from it")
 	}
 	if n := len(cfg.Disks) + len(cfg.Shares); n > vm.TemplateSlots {
 		return invalid("%d disks and shares: a VM restored from a template takes at most %d", n, vm.TemplateSlots)
@@ -429,11 +429,11 @@ func buildArgs(cfg vm.Config, t transportArgs) []string {
 		}
 	}
 	if cfg.Network {
-		// romfile=: no iPXE option ROM; we boot the kernel directly.
-		a = append(a,
-			"-netdev", "user,id=net0",
-			"-device", "virtio-net-pci,netdev=net0,romfile=",
-		)
+		a = append(a, "-netdev", "user,id="+userNetdev)
+		if !t.template {
+			// romfile=: no iPXE option ROM; we boot the kernel directly.
+			a = append(a, "-device", "virtio-net-pci,netdev="+userNetdev+",romfile=")
+		}
 	}
 	return a
 }

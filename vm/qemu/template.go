@@ -173,6 +173,22 @@ func (m *Machine) restoreLocked(ctx context.Context) error {
 			return fmt.Errorf("qemu: vm %s: share %s: %w", m.cfg.ID, s.Tag, err)
 		}
 	}
+	if m.cfg.Network {
+		// The template has no NIC (it would give every restored VM its
+		// address); this one's has the task's, and the agent asks for a
+		// lease in Setup (agent.ConfigureDHCP).
+		m.mu.Lock()
+		slot := m.nics
+		m.nics++
+		m.mu.Unlock()
+		dev := map[string]any{
+			"driver": "virtio-net-pci", "id": "nic-" + userNetdev, "netdev": userNetdev, "bus": nicSlot(slot),
+			"mac": vm.NetworkMAC(m.cfg.ID, m.cfg.StateDir).String(), "romfile": "",
+		}
+		if _, err := m.qmp.execute(ctx, "device_add", dev); err != nil {
+			return fmt.Errorf("qemu: vm %s: user network NIC: %w", m.cfg.ID, err)
+		}
+	}
 	return nil
 }
 
@@ -196,6 +212,9 @@ func (m *Machine) wakeLocked() error {
 	m.mu.Unlock()
 	return nil
 }
+
+// userNetdev is the netdev of Config.Network.
+const userNetdev = "net0"
 
 func shareDevID(i int) string { return fmt.Sprintf("share%d", i) }
 func fsdevID(i int) string    { return fmt.Sprintf("fs%d", i) }

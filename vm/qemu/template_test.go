@@ -51,6 +51,7 @@ func TestTemplateRestore(t *testing.T) {
 			}
 			rcfg.Disks = []vm.Disk{{ID: "layer-0", Path: disk, ReadOnly: true}}
 			rcfg.Shares = []vm.Share{{Tag: "share0", Path: dir, ReadOnly: true}}
+			rcfg.Network = true
 			rcfg.Restore = state
 			t0 := time.Now()
 			m := startVM(t, rcfg)
@@ -66,14 +67,17 @@ func TestTemplateRestore(t *testing.T) {
 				t.Errorf("Info: not the guest's init: %+v", resp)
 			}
 			ctx := context.Background()
-			for _, dev := range []string{"disk-layer-0", "share0"} {
+			for _, dev := range []string{"disk-layer-0", "share0", "nic-" + userNetdev} {
 				if _, err := m.qmp.execute(ctx, "qom-get", map[string]string{"path": "/machine/peripheral/" + dev, "property": "type"}); err != nil {
 					t.Errorf("device %s not attached after the restore: %v", dev, err)
 				}
 			}
 			// The restored QEMU has the template's command line, not one
 			// with the task's devices.
-			if cmd := strings.Join(m.Command(), " "); !strings.Contains(cmd, "-incoming defer") || strings.Contains(cmd, "virtio-9p-pci") {
+			if mac, err := m.qmp.execute(ctx, "qom-get", map[string]string{"path": "/machine/peripheral/nic-" + userNetdev, "property": "mac"}); err != nil || !strings.Contains(string(mac), vm.NetworkMAC(rcfg.ID, rcfg.StateDir).String()) {
+				t.Errorf("user NIC's mac %s (%v), want the task's %s", mac, err, vm.NetworkMAC(rcfg.ID, rcfg.StateDir))
+			}
+			if cmd := strings.Join(m.Command(), " "); !strings.Contains(cmd, "-incoming defer") || strings.Contains(cmd, "virtio-9p-pci") || strings.Contains(cmd, "virtio-net-pci") {
 				t.Errorf("restore command line: %s", cmd)
 			}
 		})
@@ -126,9 +130,9 @@ func TestTemplateConfig(t *testing.T) {
 		t.Errorf("restore of a missing template: %v", err)
 	}
 	net := base
-	net.Restore, net.Network = kernel, true
-	if _, err := New(context.Background(), net, WithVsock(false)); !errdefs.IsNotImplemented(err) {
-		t.Errorf("restore with user networking: %v", err)
+	net.Network = true
+	if err := SaveTemplate(context.Background(), net, filepath.Join(dir, "s"), WithVsock(false)); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("SaveTemplate with user networking: %v", err)
 	}
 	usb := base
 	usb.Restore, usb.DiskSlots, usb.DiskHotplugBus = kernel, 8, vm.DiskBusUSB

@@ -2,7 +2,6 @@ package vz
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
@@ -215,7 +214,7 @@ func NewPlan(cfg vm.Config, host Host) (Plan, error) {
 	}
 
 	if cfg.Network {
-		p.MAC = macAddress(cfg.ID, cfg.StateDir)
+		p.MAC = vm.NetworkMAC(cfg.ID, cfg.StateDir)
 	}
 	if cfg.DiskSlots < 0 {
 		return p, invalid("disk slots %d: want 0 or more", cfg.DiskSlots)
@@ -290,19 +289,6 @@ func diskPlan(id, path string, readOnly bool, caching, sync string) (DiskPlan, e
 		d.Sync = SyncNone
 	}
 	return d, nil
-}
-
-// macAddress derives the NIC's address from the task, so that a VM gets the
-// same one (and from macOS's DHCP server, bootpd, the same lease) each time
-// its task boots, instead of a new lease per boot. The state dir is hashed
-// too: it holds the namespace, and two tasks of one id in two namespaces run
-// side by side on the same NAT network. The address is unicast and locally
-// administered.
-func macAddress(id, stateDir string) net.HardwareAddr {
-	sum := sha256.Sum256([]byte("containerd-vz\x00" + id + "\x00" + stateDir))
-	mac := net.HardwareAddr(sum[:6])
-	mac[0] = mac[0]&^0x01 | 0x02
-	return mac
 }
 
 // checkDiskID accepts what VZ takes and the guest reads back verbatim from

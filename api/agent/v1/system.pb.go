@@ -223,7 +223,14 @@ type SetupRequest struct {
 	// forward_ports: the agent publishes a PortEvent (topic PortEventTopic)
 	// whenever a TCP or UDP socket starts or stops listening in the VM, and
 	// serves PortForward streams to them.
-	ForwardPorts  bool `protobuf:"varint,6,opt,name=forward_ports,json=forwardPorts,proto3" json:"forward_ports,omitempty"`
+	ForwardPorts bool `protobuf:"varint,6,opt,name=forward_ports,json=forwardPorts,proto3" json:"forward_ports,omitempty"`
+	// dhcp, when set, has the agent configure the VM's first NIC by DHCP,
+	// as it does at boot without vz.net=static: a VM restored from a
+	// template, which booted with no NIC to ask for (QEMU: hot-plugged
+	// after the restore) or whose NIC must not keep the template's address
+	// (VZ). Like at boot, a failed DHCP leaves the VM without network, not
+	// Setup failed.
+	Dhcp          *Dhcp `protobuf:"bytes,7,opt,name=dhcp,proto3" json:"dhcp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -300,6 +307,60 @@ func (x *SetupRequest) GetForwardPorts() bool {
 	return false
 }
 
+func (x *SetupRequest) GetDhcp() *Dhcp {
+	if x != nil {
+		return x.Dhcp
+	}
+	return nil
+}
+
+// Dhcp is how the first NIC is configured by DHCP in Setup.
+type Dhcp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mac, when set, is given to the NIC before it asks: the address the
+	// VMM has for it, not the template's.
+	Mac           string `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Dhcp) Reset() {
+	*x = Dhcp{}
+	mi := &file_agent_v1_system_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Dhcp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Dhcp) ProtoMessage() {}
+
+func (x *Dhcp) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_system_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Dhcp.ProtoReflect.Descriptor instead.
+func (*Dhcp) Descriptor() ([]byte, []int) {
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Dhcp) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
 // PortEvent says that a socket listens, or no longer does, on port of the
 // VM's network (the container's).
 type PortEvent struct {
@@ -314,7 +375,7 @@ type PortEvent struct {
 
 func (x *PortEvent) Reset() {
 	*x = PortEvent{}
-	mi := &file_agent_v1_system_proto_msgTypes[4]
+	mi := &file_agent_v1_system_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -326,7 +387,7 @@ func (x *PortEvent) String() string {
 func (*PortEvent) ProtoMessage() {}
 
 func (x *PortEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[4]
+	mi := &file_agent_v1_system_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -339,7 +400,7 @@ func (x *PortEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortEvent.ProtoReflect.Descriptor instead.
 func (*PortEvent) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{4}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PortEvent) GetProtocol() string {
@@ -379,7 +440,7 @@ type Network struct {
 
 func (x *Network) Reset() {
 	*x = Network{}
-	mi := &file_agent_v1_system_proto_msgTypes[5]
+	mi := &file_agent_v1_system_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +452,7 @@ func (x *Network) String() string {
 func (*Network) ProtoMessage() {}
 
 func (x *Network) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[5]
+	mi := &file_agent_v1_system_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +465,7 @@ func (x *Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Network.ProtoReflect.Descriptor instead.
 func (*Network) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{5}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Network) GetInterfaces() []*Interface {
@@ -459,7 +520,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_v1_system_proto_msgTypes[6]
+	mi := &file_agent_v1_system_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +532,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[6]
+	mi := &file_agent_v1_system_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +545,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Interface) GetMac() string {
@@ -533,7 +594,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_v1_system_proto_msgTypes[7]
+	mi := &file_agent_v1_system_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +606,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[7]
+	mi := &file_agent_v1_system_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +619,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Route) GetDestination() string {
@@ -620,7 +681,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_agent_v1_system_proto_msgTypes[8]
+	mi := &file_agent_v1_system_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -632,7 +693,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[8]
+	mi := &file_agent_v1_system_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -645,7 +706,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Share) GetTag() string {
@@ -685,7 +746,7 @@ type SetTimeRequest struct {
 
 func (x *SetTimeRequest) Reset() {
 	*x = SetTimeRequest{}
-	mi := &file_agent_v1_system_proto_msgTypes[9]
+	mi := &file_agent_v1_system_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +758,7 @@ func (x *SetTimeRequest) String() string {
 func (*SetTimeRequest) ProtoMessage() {}
 
 func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_system_proto_msgTypes[9]
+	mi := &file_agent_v1_system_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +771,7 @@ func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeRequest.ProtoReflect.Descriptor instead.
 func (*SetTimeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_system_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_system_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetTimeRequest) GetTime() *timestamppb.Timestamp {
@@ -735,17 +796,20 @@ const file_agent_v1_system_proto_rawDesc = "" +
 	"\x06uptime\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"R\n" +
 	"\tBootPhase\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
-	"\x06uptime\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xd9\x02\n" +
+	"\x06uptime\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\x80\x03\n" +
 	"\fSetupRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12*\n" +
 	"\x06shares\x18\x03 \x03(\v2\x12.vz.agent.v1.ShareR\x06shares\x12.\n" +
 	"\anetwork\x18\x04 \x01(\v2\x14.vz.agent.v1.NetworkR\anetwork\x12@\n" +
 	"\asysctls\x18\x05 \x03(\v2&.vz.agent.v1.SetupRequest.SysctlsEntryR\asysctls\x12#\n" +
-	"\rforward_ports\x18\x06 \x01(\bR\fforwardPorts\x1a:\n" +
+	"\rforward_ports\x18\x06 \x01(\bR\fforwardPorts\x12%\n" +
+	"\x04dhcp\x18\a \x01(\v2\x11.vz.agent.v1.DhcpR\x04dhcp\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Y\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x18\n" +
+	"\x04Dhcp\x12\x10\n" +
+	"\x03mac\x18\x01 \x01(\tR\x03mac\"Y\n" +
 	"\tPortEvent\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1c\n" +
@@ -794,45 +858,47 @@ func file_agent_v1_system_proto_rawDescGZIP() []byte {
 	return file_agent_v1_system_proto_rawDescData
 }
 
-var file_agent_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_agent_v1_system_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_agent_v1_system_proto_goTypes = []any{
 	(*InfoRequest)(nil),           // 0: vz.agent.v1.InfoRequest
 	(*InfoResponse)(nil),          // 1: vz.agent.v1.InfoResponse
 	(*BootPhase)(nil),             // 2: vz.agent.v1.BootPhase
 	(*SetupRequest)(nil),          // 3: vz.agent.v1.SetupRequest
-	(*PortEvent)(nil),             // 4: vz.agent.v1.PortEvent
-	(*Network)(nil),               // 5: vz.agent.v1.Network
-	(*Interface)(nil),             // 6: vz.agent.v1.Interface
-	(*Route)(nil),                 // 7: vz.agent.v1.Route
-	(*Share)(nil),                 // 8: vz.agent.v1.Share
-	(*SetTimeRequest)(nil),        // 9: vz.agent.v1.SetTimeRequest
-	nil,                           // 10: vz.agent.v1.SetupRequest.SysctlsEntry
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 13: google.protobuf.Empty
+	(*Dhcp)(nil),                  // 4: vz.agent.v1.Dhcp
+	(*PortEvent)(nil),             // 5: vz.agent.v1.PortEvent
+	(*Network)(nil),               // 6: vz.agent.v1.Network
+	(*Interface)(nil),             // 7: vz.agent.v1.Interface
+	(*Route)(nil),                 // 8: vz.agent.v1.Route
+	(*Share)(nil),                 // 9: vz.agent.v1.Share
+	(*SetTimeRequest)(nil),        // 10: vz.agent.v1.SetTimeRequest
+	nil,                           // 11: vz.agent.v1.SetupRequest.SysctlsEntry
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 14: google.protobuf.Empty
 }
 var file_agent_v1_system_proto_depIdxs = []int32{
 	2,  // 0: vz.agent.v1.InfoResponse.boot:type_name -> vz.agent.v1.BootPhase
-	11, // 1: vz.agent.v1.InfoResponse.uptime:type_name -> google.protobuf.Duration
-	11, // 2: vz.agent.v1.BootPhase.uptime:type_name -> google.protobuf.Duration
-	12, // 3: vz.agent.v1.SetupRequest.time:type_name -> google.protobuf.Timestamp
-	8,  // 4: vz.agent.v1.SetupRequest.shares:type_name -> vz.agent.v1.Share
-	5,  // 5: vz.agent.v1.SetupRequest.network:type_name -> vz.agent.v1.Network
-	10, // 6: vz.agent.v1.SetupRequest.sysctls:type_name -> vz.agent.v1.SetupRequest.SysctlsEntry
-	6,  // 7: vz.agent.v1.Network.interfaces:type_name -> vz.agent.v1.Interface
-	7,  // 8: vz.agent.v1.Network.routes:type_name -> vz.agent.v1.Route
-	12, // 9: vz.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	0,  // 10: vz.agent.v1.System.Info:input_type -> vz.agent.v1.InfoRequest
-	3,  // 11: vz.agent.v1.System.Setup:input_type -> vz.agent.v1.SetupRequest
-	9,  // 12: vz.agent.v1.System.SetTime:input_type -> vz.agent.v1.SetTimeRequest
-	1,  // 13: vz.agent.v1.System.Info:output_type -> vz.agent.v1.InfoResponse
-	13, // 14: vz.agent.v1.System.Setup:output_type -> google.protobuf.Empty
-	13, // 15: vz.agent.v1.System.SetTime:output_type -> google.protobuf.Empty
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	12, // 1: vz.agent.v1.InfoResponse.uptime:type_name -> google.protobuf.Duration
+	12, // 2: vz.agent.v1.BootPhase.uptime:type_name -> google.protobuf.Duration
+	13, // 3: vz.agent.v1.SetupRequest.time:type_name -> google.protobuf.Timestamp
+	9,  // 4: vz.agent.v1.SetupRequest.shares:type_name -> vz.agent.v1.Share
+	6,  // 5: vz.agent.v1.SetupRequest.network:type_name -> vz.agent.v1.Network
+	11, // 6: vz.agent.v1.SetupRequest.sysctls:type_name -> vz.agent.v1.SetupRequest.SysctlsEntry
+	4,  // 7: vz.agent.v1.SetupRequest.dhcp:type_name -> vz.agent.v1.Dhcp
+	7,  // 8: vz.agent.v1.Network.interfaces:type_name -> vz.agent.v1.Interface
+	8,  // 9: vz.agent.v1.Network.routes:type_name -> vz.agent.v1.Route
+	13, // 10: vz.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 11: vz.agent.v1.System.Info:input_type -> vz.agent.v1.InfoRequest
+	3,  // 12: vz.agent.v1.System.Setup:input_type -> vz.agent.v1.SetupRequest
+	10, // 13: vz.agent.v1.System.SetTime:input_type -> vz.agent.v1.SetTimeRequest
+	1,  // 14: vz.agent.v1.System.Info:output_type -> vz.agent.v1.InfoResponse
+	14, // 15: vz.agent.v1.System.Setup:output_type -> google.protobuf.Empty
+	14, // 16: vz.agent.v1.System.SetTime:output_type -> google.protobuf.Empty
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_system_proto_init() }
@@ -846,7 +912,7 @@ func file_agent_v1_system_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_system_proto_rawDesc), len(file_agent_v1_system_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
