@@ -18,3 +18,12 @@ func newMachine(ctx context.Context, backend string, cfg vm.Config) (vm.Machine,
 	}
 	return vz.New(ctx, cfg)
 }
+
+// saveTemplate saves a VZ template (vm/vz TemplatePlan): Apple silicon
+// with macOS 15; elsewhere errdefs.ErrNotImplemented, and tasks boot cold.
+func saveTemplate(ctx context.Context, backend string, cfg vm.Config, state string) error {
+	if backend != "vz" {
+		return fmt.Errorf("warm start on %s: %w", backend, errdefs.ErrNotImplemented)
+	}
+	return vz.SaveTemplate(ctx, cfg, state)
+}

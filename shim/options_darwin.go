@@ -15,5 +15,10 @@ var networkModes = []string{networkUser, networkNone}
 // defaultForwardPorts: forward_ports when the options do not say.
 const defaultForwardPorts = true
 
-// defaultWarmStart: VZ has no warm start yet (saveTemplate).
+// defaultWarmStart: off on macOS until VZ's warm start (vm/vz
+// TemplatePlan) has run on a Mac: it is built and type-checked, and its
+// lifecycle tested against a fake of VZ, but whether VZ restores a saved
+// VM into a configuration with other shares, another NIC address and
+// another console file is VZ's to say. warm_start = true turns it on; a
+// restore VZ refuses boots the task cold and removes the template.
 const defaultWarmStart = false

@@ -888,11 +888,14 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 // optional module groups to load (api/modgroups), then the options' own,
 // which come last and may override. A grouped VM whose joining containers
 // bring USB disks (VZ's only way, disk_hotplug = "usb") loads the USB group
-// and scans a new disk at once, not after usb-storage's default second.
+// and scans a new disk at once, not after usb-storage's default second; so
+// does every VZ VM with warm start, whose restored VMs get all their disks
+// that way (vm/vz TemplatePlan), and whose template has the same arguments.
 func kernelArgs(opts Options, grouped bool) []string {
 	groups := slices.Clone(opts.GuestModules)
 	var args []string
-	if grouped && (opts.Backend == "vz" || opts.DiskHotplug == vm.DiskBusUSB) {
+	warmVZ := opts.Backend == "vz" && opts.WarmStart != nil && *opts.WarmStart
+	if (grouped && (opts.Backend == "vz" || opts.DiskHotplug == vm.DiskBusUSB)) || warmVZ {
 		groups = append(groups, "usb")
 		args = append(args, "usb_storage.delay_use=0")
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/vz-shim/containerd-shim-vz/agent"
 	"github.com/vz-shim/containerd-shim-vz/agent/sysinit"
+	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
 	"github.com/vz-shim/containerd-shim-vz/transport"
 )
 
@@ -103,15 +104,15 @@ func runInit() error {
 		}
 		boot.Mark("network")
 	}
-	lf, wc, closeT, err := guestTransport(ctx, cmdline)
+	lf, idle, closeT, err := guestTransport(ctx, cmdline)
 	if err != nil {
 		return err
 	}
 	defer closeT()
 	cfg := agent.Config{StateDir: "/run/vz-agent", Init: true, Boot: boot}
-	if wc != nil {
+	if idle != nil {
 		cfg.Serving = func() {
-			if err := wc.Idle(); err != nil {
+			if err := idle(); err != nil {
 				log.G(ctx).WithError(err).Error("template: not saved")
 			}
 		}
@@ -127,13 +128,28 @@ func runInit() error {
 
 // guestTransport picks the transport named on the kernel command line:
 // vz.transport=vsock, or vz.transport=serial with vz.port=<virtio port name>
-// (a yamux multiplexer over the virtio-serial port). With vz.template=1
-// (serial only) the port waits to be woken: wc, to say when it is idle.
-func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (lf transport.ListenerFactory, wc *transport.WakeConn, closeT func(), err error) {
+// (a yamux multiplexer over the virtio-serial port). With vz.template=1 the
+// agent waits to be woken (DESIGN.md §11): idle says when it may be saved.
+func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (lf transport.ListenerFactory, idle func() error, closeT func(), err error) {
+	template := false
+	if v, _ := cmdline.Get("vz.template"); v == "1" {
+		template = true
+	}
+	onWake := func(w transport.Wake) error { return wake(ctx, w) }
 	kind, _ := cmdline.Get("vz.transport")
 	switch kind {
 	case "", "vsock":
-		return transport.Vsock{}, nil, func() {}, nil
+		if !template {
+			return transport.Vsock{}, nil, func() {}, nil
+		}
+		// No connection survives a save: the wake comes on a port of
+		// its own, and the others wait for it.
+		ln, err := transport.Vsock{}.Listen(agentapi.PortWake)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		g := transport.NewWakeGate(ln, onWake)
+		return g.Factory(transport.Vsock{}), func() error { g.Idle(); return nil }, func() { ln.Close() }, nil
 	case "serial":
 		name, ok := cmdline.Get("vz.port")
 		if !ok {
@@ -148,16 +164,16 @@ func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (lf transport.
 			return nil, nil, nil, fmt.Errorf("opening %s: %w", dev, err)
 		}
 		var port io.ReadWriteCloser = f
-		if v, _ := cmdline.Get("vz.template"); v == "1" {
-			wc = transport.NewWakeConn(f, func(w transport.Wake) error { return wake(ctx, w) })
-			port = wc
+		if template {
+			wc := transport.NewWakeConn(f, onWake)
+			port, idle = wc, wc.Idle
 		}
 		m, err := transport.NewMux(ctx, port, true)
 		if err != nil {
 			f.Close()
 			return nil, nil, nil, err
 		}
-		return m, wc, func() { m.Close() }, nil
+		return m, idle, func() { m.Close() }, nil
 	}
 	return nil, nil, nil, fmt.Errorf("unknown vz.transport %q", kind)
 }

@@ -30,7 +30,9 @@ func usbAvailable() bool {
 }
 
 // configure executes p: the VZ configuration it describes, validated.
-func configure(p Plan) (*vz.VirtualMachineConfiguration, error) {
+// machineID, when set, is the platform's identity (a template's: a saved
+// VM restores only into a VM of the same identity).
+func configure(p Plan, machineID *vz.GenericMachineIdentifier) (*vz.VirtualMachineConfiguration, error) {
 	opts := []vz.LinuxBootLoaderOption{vz.WithCommandLine(p.CommandLine)}
 	if p.Initrd != "" {
 		opts = append(opts, vz.WithInitrd(p.Initrd))
@@ -61,7 +63,15 @@ func configure(p Plan) (*vz.VirtualMachineConfiguration, error) {
 	}
 	c.SetStorageDevicesVirtualMachineConfiguration(disks)
 
-	if len(p.Shares) > 0 {
+	if machineID != nil {
+		platform, err := vz.NewGenericPlatformConfiguration(vz.WithGenericMachineIdentifier(machineID))
+		if err != nil {
+			return nil, fmt.Errorf("vz: platform: %w", err)
+		}
+		c.SetPlatformVirtualMachineConfiguration(platform)
+	}
+
+	if p.SharesDevice() {
 		dirs := make(map[string]*vz.SharedDirectory, len(p.Shares))
 		for _, s := range p.Shares {
 			dir, err := vz.NewSharedDirectory(s.Path, s.ReadOnly)

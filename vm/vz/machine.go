@@ -63,6 +63,10 @@ type hypervisor interface {
 	// Connect connects to a vsock port of the guest. It may never
 	// return while nothing listens there.
 	Connect(port uint32) (net.Conn, error)
+	// Save writes the state of the paused VM to path; Restore starts a
+	// stopped VM from such a file, paused (macOS 14, Apple silicon).
+	Save(path string) error
+	Restore(path string) error
 }
 
 // Timeouts for VZ itself, not for the guest.
@@ -91,6 +95,9 @@ type Machine struct {
 	stopping  bool
 
 	hot *hotplug // nil: disks cannot be added while it runs
+	// tpl is set for the template layout: Start restores tpl.Restore
+	// instead of booting when it is set.
+	tpl *TemplatePlan
 
 	*vm.Exit // Err: see finish
 }
@@ -107,6 +114,15 @@ func newMachine(ctx context.Context, id string, hv hypervisor) *Machine {
 	}
 }
 
+// fromPlan is the machine of the plan p over hv, whose USB controller is
+// bus (nil: none).
+func fromPlan(ctx context.Context, p Plan, hv hypervisor, bus usbBus) *Machine {
+	m := newMachine(ctx, p.ID, hv)
+	m.hot = newHotplug(p.Hot, bus)
+	m.tpl = p.Template
+	return m
+}
+
 // Start boots the VM and returns once VZ runs it; the agent is not up yet.
 // VZ cannot abandon a start, so ctx does not bound it.
 func (m *Machine) Start(ctx context.Context) error {
@@ -121,6 +137,9 @@ func (m *Machine) Start(ctx context.Context) error {
 	}
 	if stopping {
 		return fmt.Errorf("vz: vm %s: stopped: %w", m.id, errdefs.ErrFailedPrecondition)
+	}
+	if m.tpl != nil && m.tpl.Restore != "" {
+		return m.startRestored(ctx)
 	}
 	if err := m.hv.Start(); err != nil {
 		err = fmt.Errorf("vz: vm %s did not start: %w", m.id, err)
@@ -272,16 +291,17 @@ func (m *Machine) Stop(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, requestStopTimeout)
 		defer cancel()
 	}
+	// A paused VM (a saved template) cannot be asked: it is stopped.
 	if m.hv.CanRequestStop() {
 		if _, err := m.hv.RequestStop(); err != nil {
 			m.log.WithError(err).Debug("vz: request stop")
 		}
-	}
-	select {
-	case <-m.Done():
-		return nil
-	case <-ctx.Done():
-		m.log.Debug("vz: the guest did not power off in time, stopping the VM")
+		select {
+		case <-m.Done():
+			return nil
+		case <-ctx.Done():
+			m.log.Debug("vz: the guest did not power off in time, stopping the VM")
+		}
 	}
 	if m.hv.CanStop() {
 		if err := m.hv.Stop(); err != nil {

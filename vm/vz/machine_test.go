@@ -23,6 +23,34 @@ type fakeVM struct {
 	requests    int
 	// connect, if set, answers Connect; else Connect blocks forever.
 	connect func(port uint32) (net.Conn, error)
+	// saved is what Save wrote, restored what Restore read.
+	saved, restored string
+	restoreErr      error
+}
+
+func (f *fakeVM) Save(path string) error {
+	if f.State() != StatePaused {
+		return errors.New("save: not paused")
+	}
+	f.mu.Lock()
+	f.saved = path
+	f.mu.Unlock()
+	return nil
+}
+
+func (f *fakeVM) Restore(path string) error {
+	if f.State() != StateStopped {
+		return errors.New("restore: not stopped")
+	}
+	if f.restoreErr != nil {
+		return f.restoreErr
+	}
+	f.mu.Lock()
+	f.restored = path
+	f.mu.Unlock()
+	f.set(StateOther)
+	f.set(StatePaused)
+	return nil
 }
 
 func newFakeVM() *fakeVM { return &fakeVM{states: make(chan State, 16)} }

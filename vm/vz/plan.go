@@ -54,7 +54,31 @@ type Plan struct {
 	Entropy bool
 	// Hot is how disks are added to the running VM; zero: they cannot be.
 	Hot HotPlan
+	// Template is set in the template layout: the VM is saved as a
+	// template, or restored from one.
+	Template *TemplatePlan
 }
+
+// TemplatePlan is warm start on VZ (DESIGN.md §11). VZ restores a saved VM
+// only into a configuration like the one it saved (same devices, same
+// platform identity), and adds no virtio device to a VM that runs. So a
+// template VM has, whatever its task: the root disk (the same image), an
+// XHCI controller for the task's disks, which come after the restore as
+// USB mass storage like a pod's (macOS 15), the one virtio-fs device of
+// the shares (none in the template: the task's directories in a restored
+// VM), one NAT NIC (the task's address in a restored VM, which the agent
+// gives the guest's NIC in Setup, as the template's was the guest's at
+// save), vsock, entropy and the console.
+type TemplatePlan struct {
+	// Restore is the saved state a restored VM starts from; "" for the VM
+	// that is saved.
+	Restore string
+	// Disks are the task's, attached once the VM is restored (Hot).
+	Disks []vm.Disk
+}
+
+// SharesDevice tells that the VM has the virtio-fs device SharesTag.
+func (p Plan) SharesDevice() bool { return len(p.Shares) > 0 || p.Template != nil }
 
 // HotPlan is how the VM takes disks while it runs (vm.DiskHotplugger): an
 // XHCI controller that USB mass storage devices attach to (macOS 15), up
@@ -125,10 +149,45 @@ const (
 )
 
 // NewPlan checks cfg against what VZ and this host accept and decides how
-// each device is set up. Errors are errdefs.ErrInvalidArgument and name the
-// offending value or path.
+// each device is set up; a cfg with Restore gets the template layout.
+// Errors are errdefs.ErrInvalidArgument and name the offending value or
+// path.
 func NewPlan(cfg vm.Config, host Host) (Plan, error) {
+	if cfg.Restore != "" {
+		return newPlan(cfg, host, true)
+	}
+	return newPlan(cfg, host, false)
+}
+
+// NewTemplatePlan is the plan of a VM to save as a template of cfg's
+// (TemplatePlan): cfg has none of a task's disks, shares or network. VZ
+// saves VMs from macOS 14 on Apple silicon, and the task's disks need USB
+// (macOS 15): elsewhere it fails with errdefs.ErrNotImplemented.
+func NewTemplatePlan(cfg vm.Config, host Host) (Plan, error) {
+	if len(cfg.Disks) > 0 || len(cfg.Shares) > 0 || cfg.Network || cfg.Restore != "" {
+		return Plan{}, invalid("a template has no disks, shares or network of a task, and is not restored")
+	}
+	return newPlan(cfg, host, true)
+}
+
+func newPlan(cfg vm.Config, host Host, template bool) (Plan, error) {
 	p := Plan{ID: cfg.ID, Entropy: true}
+	if template {
+		if !host.USB || host.Arch != "arm64" {
+			return p, fmt.Errorf("vz: warm start needs Apple silicon and macOS 15 (saved VMs, USB mass storage for the task's disks): %w", errdefs.ErrNotImplemented)
+		}
+		if cfg.DiskSlots > vm.TemplateSlots || len(cfg.Disks) > vm.TemplateSlots {
+			return p, invalid("a VM restored from a template takes at most %d disks", vm.TemplateSlots)
+		}
+		p.Template = &TemplatePlan{Restore: cfg.Restore}
+		if cfg.Restore != "" {
+			if fi, err := os.Stat(cfg.Restore); err != nil || !fi.Mode().IsRegular() {
+				return p, fmt.Errorf("vz: template %s is not a file: %w", cfg.Restore, errdefs.ErrNotFound)
+			}
+		}
+		// The layout's, whatever the task's.
+		cfg.DiskSlots, cfg.Network = vm.TemplateSlots, true
+	}
 	arch := cfg.Arch
 	if arch == "" {
 		arch = host.Arch
@@ -175,6 +234,7 @@ func NewPlan(cfg vm.Config, host Host) (Plan, error) {
 	}
 
 	ids := make(map[string]bool, len(cfg.Disks))
+	planned := len(p.Disks)
 	for i, d := range cfg.Disks {
 		if err := checkDiskID(d.ID); err != nil {
 			return p, invalid("disk %d: id %q: %v", i, d.ID, err)
@@ -213,6 +273,12 @@ func NewPlan(cfg vm.Config, host Host) (Plan, error) {
 		p.Shares = append(p.Shares, SharePlan{Tag: s.Tag, Path: path, ReadOnly: s.ReadOnly})
 	}
 
+	if p.Template != nil {
+		// After the restore, as USB mass storage (Hot): the template has
+		// no disk of its task's.
+		p.Template.Disks = append(p.Template.Disks, cfg.Disks...)
+		p.Disks = p.Disks[:planned]
+	}
 	if cfg.Network {
 		p.MAC = vm.NetworkMAC(cfg.ID, cfg.StateDir)
 	}

@@ -20,13 +20,24 @@ func New(ctx context.Context, cfg vm.Config) (vm.Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := configure(p)
+	var id *vz.GenericMachineIdentifier
+	if p.Template != nil {
+		if id, err = templateMachineID(p.Template.Restore); err != nil {
+			return nil, err
+		}
+	}
+	return newVZMachine(ctx, p, id)
+}
+
+// newVZMachine creates the VM of p, not started yet.
+func newVZMachine(ctx context.Context, p Plan, id *vz.GenericMachineIdentifier) (*Machine, error) {
+	c, err := configure(p, id)
 	if err != nil {
 		return nil, err
 	}
 	v, err := vz.NewVirtualMachine(c)
 	if err != nil {
-		return nil, fmt.Errorf("vz: vm %s: %w", cfg.ID, err)
+		return nil, fmt.Errorf("vz: vm %s: %w", p.ID, err)
 	}
 	// vz buffers every state change since NewVirtualMachine; this
 	// translates them. It ends with the shim (one VM per shim): vz never
@@ -37,9 +48,7 @@ func New(ctx context.Context, cfg vm.Config) (vm.Machine, error) {
 			states <- state(s)
 		}
 	}()
-	m := newMachine(ctx, cfg.ID, &vzVM{VirtualMachine: v, states: states})
-	m.hot = newHotplug(p.Hot, usbController{v})
-	return m, nil
+	return fromPlan(ctx, p, &vzVM{VirtualMachine: v, states: states}, usbController{v}), nil
 }
 
 // usbController adapts the VM's one XHCI controller to usbBus.

@@ -11,6 +11,10 @@ const (
 	// UDP peer: a header line "tcp PORT\n" or "udp PORT\n", then the
 	// bytes (TCP) or datagrams each behind a 2-byte big-endian length (UDP).
 	PortForward uint32 = 1026
+	// PortWake is a template VM's on a transport that does not survive a
+	// save (vsock, VZ): the host learns there that the agent is idle, and
+	// wakes a restored VM (transport.WakeGate).
+	PortWake uint32 = 1027
 )
 
 // PortEventTopic is the event topic of PortEvent on the agent's event
