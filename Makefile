@@ -16,6 +16,7 @@
 #                (host arch), then go test -race of everything, integration tests included
 #                (needs root)
 #   bench        benchmarks: numbers side by side, no assertions (needs root)
+#   fuzz         every fuzz target for FUZZTIME (10s) each; make test runs it too
 #   clean        remove _output/
 #   crictl       crictl and critest v1.37.0 (and ginkgo) from the module proxy into _output/crictl/bin/
 #   nerdctl      nerdctl v2.2.1 from ../shared/third_party into _output/nerdctl/bin/
@@ -108,6 +109,13 @@ test:
 	@$(MAKE) --no-print-directory guest ARCH=$(HOSTARCH)
 	@$(MAKE) --no-print-directory guest ARCH=arm64
 	@hack/test.sh
+	@$(MAKE) --no-print-directory fuzz
+
+# Every fuzz target for FUZZTIME each (the seed corpora also run as plain tests in make test).
+FUZZTIME ?= 10s
+.PHONY: fuzz
+fuzz: deps
+	@FUZZTIME=$(FUZZTIME) hack/fuzz.sh
 
 # Benchmarks print numbers (time per container, agent memory); they assert nothing.
 BENCHTIME ?= 20x

@@ -186,11 +186,28 @@ func expand(s string, funcs template.FuncMap) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("mount template %q: %v: %w", s, err, errdefs.ErrInvalidArgument)
 	}
-	var b strings.Builder
-	if err := t.Execute(&b, nil); err != nil {
+	b := &limitedBuilder{max: maxExpanded}
+	if err := t.Execute(b, nil); err != nil {
 		return "", fmt.Errorf("mount template %q: %w", s, err)
 	}
 	return b.String(), nil
+}
+
+// maxExpanded bounds what one template expands to: a mount option the
+// kernel takes is at most a page, and text/template can loop ({{range}}).
+const maxExpanded = 64 << 10
+
+// limitedBuilder is a strings.Builder that fails past max bytes.
+type limitedBuilder struct {
+	strings.Builder
+	max int
+}
+
+func (b *limitedBuilder) Write(p []byte) (int, error) {
+	if b.Len()+len(p) > b.max {
+		return 0, fmt.Errorf("expands to more than %d bytes: %w", b.max, errdefs.ErrInvalidArgument)
+	}
+	return b.Builder.Write(p)
 }
 
 // mkdirMount creates the directories the mkdir directives name and drops

@@ -53,7 +53,10 @@ type taskService struct {
 	shutdown   func()
 	boot       *BootTrace
 
-	mu         sync.Mutex
+	mu sync.Mutex
+	// vmGoing: a Shutdown with Now came; the VM powers off with its
+	// containers (stopAll).
+	vmGoing    bool
 	containers map[string]*container // a nil value reserves an id during Create
 	byPid      map[int]*process
 	early      map[int]runc.Exit
@@ -867,8 +870,14 @@ func (s *taskService) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*
 func (s *taskService) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	n := len(s.containers)
+	if r.Now {
+		s.vmGoing = true
+	}
 	s.mu.Unlock()
-	if n == 0 && s.shutdown != nil {
+	// Now: the shim powers the VM off with its last container, whose
+	// init exited and which it did not delete here (shim/service.go
+	// Delete): the guest's state of it goes with the VM.
+	if (n == 0 || r.Now) && s.shutdown != nil {
 		s.shutdown()
 	}
 	return &emptypb.Empty{}, nil
@@ -883,9 +892,18 @@ func (s *taskService) stopAll(ctx context.Context) {
 			cs = append(cs, c)
 		}
 	}
+	going := s.vmGoing
 	s.mu.Unlock()
 	for _, c := range cs {
-		if _, status, _, _ := c.init.snapshot(); status != task.Status_STOPPED && status != task.Status_CREATED {
+		_, status, _, _ := c.init.snapshot()
+		if going && status == task.Status_STOPPED {
+			// No runc delete: its state, cgroup and mounts are the VM's,
+			// which powers off; the guest's shutdown syncs and unmounts
+			// the rootfs.
+			c.init.io.close()
+			continue
+		}
+		if status != task.Status_STOPPED && status != task.Status_CREATED {
 			if c.paused {
 				_, _ = s.setPaused(ctx, c.id, false)
 			}

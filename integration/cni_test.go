@@ -114,23 +114,30 @@ func TestNetworkCNIShimKilled(t *testing.T) {
 	if err := syscall.Kill(shim.pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	h.deleteAfterDeadShim(id, 30*time.Second)
+	h.removeContainer(id)
+}
+
+// deleteAfterDeadShim waits until containerd saw the shim of task id gone (the task stopped or
+// gone) and deletes what is left of the task.
+func (h *harness) deleteAfterDeadShim(id string, timeout time.Duration) {
+	h.tb.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
 		info, ok := h.task(id)
 		if !ok || info.status == "STOPPED" {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("task %s is %s 30s after its shim was killed", id, info.status)
+			h.tb.Fatalf("task %s is %s %s after its shim went", id, info.status, timeout)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if _, ok := h.task(id); ok {
 		if r := h.ctr("tasks", "delete", id); r.code != 0 {
-			t.Fatalf("delete task: %s", r)
+			h.tb.Fatalf("delete task after its shim went: %s", r)
 		}
 	}
-	h.removeContainer(id)
 }
 
 // findShim returns the vz shim process serving task id.

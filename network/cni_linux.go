@@ -102,17 +102,22 @@ type sandboxState struct {
 // spec named.
 type Sandbox struct {
 	Path string
-	// Result is CNI's answer (DNS, for resolv.conf), if CNI ran.
+	// Result is CNI's answer (DNS, for resolv.conf), if CNI ran; it is
+	// there once Wait returned nil.
 	Result *current.Result
 
 	stateDir, key string
 	st            sandboxState
+	// added is closed once CNI's ADD ended, with addErr (nil: no ADD).
+	added  chan struct{}
+	addErr error
 }
 
 // NewSandbox makes a network namespace and, unless c is nil, adds c's
-// network to it, under the name key (unique among the host's tasks). Its
-// state lives in stateDir/<key>.json until Teardown. On error nothing is
-// left.
+// network to it in the background (Wait), under the name key (unique among
+// the host's tasks). Its state lives in stateDir/<key>.json until Teardown.
+// On error nothing is left; once it returned, Teardown removes it whatever
+// Wait says.
 func NewSandbox(ctx context.Context, stateDir, key, containerID string, c *CNI) (_ *Sandbox, retErr error) {
 	var list *libcni.NetworkConfigList
 	if c != nil {
@@ -149,14 +154,35 @@ func NewSandbox(ctx context.Context, stateDir, key, containerID string, c *CNI) 
 	if list == nil {
 		return s, nil
 	}
-	res, err := libcni.NewCNIConfig(c.BinDirs, nil).AddNetworkList(ctx, list, runtimeConf(s.st))
-	if err != nil {
-		return nil, fmt.Errorf("cni network %q (plugins in %v): %w", list.Name, c.BinDirs, err)
-	}
-	if s.Result, err = current.NewResultFromResult(res); err != nil {
-		return nil, fmt.Errorf("cni network %q: result: %w", list.Name, err)
-	}
+	// The plugins run while the VM starts: Wait (Plug) joins them.
+	s.added = make(chan struct{})
+	go func() {
+		defer close(s.added)
+		res, err := libcni.NewCNIConfig(c.BinDirs, nil).AddNetworkList(ctx, list, runtimeConf(s.st))
+		if err != nil {
+			s.addErr = fmt.Errorf("cni network %q (plugins in %v): %w", list.Name, c.BinDirs, err)
+			return
+		}
+		if s.Result, err = current.NewResultFromResult(res); err != nil {
+			s.addErr = fmt.Errorf("cni network %q: result: %w", list.Name, err)
+		}
+	}()
 	return s, nil
+}
+
+// Wait waits until CNI added the network (NewSandbox runs the plugins in
+// the background) and returns their error. A sandbox whose Wait failed is
+// still to be torn down.
+func (s *Sandbox) Wait(ctx context.Context) error {
+	if s.added == nil {
+		return nil
+	}
+	select {
+	case <-s.added:
+		return s.addErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // JoinSandbox takes the namespace at nsPath, which someone else made and
@@ -175,6 +201,9 @@ func JoinSandbox(stateDir, key, nsPath string) (*Sandbox, error) {
 // Plug joins the namespace's interfaces to taps (Plug), recording them for
 // Teardown first.
 func (s *Sandbox) Plug(ctx context.Context) (*Attachment, error) {
+	if err := s.Wait(ctx); err != nil {
+		return nil, err
+	}
 	a, err := Plug(ctx, s.Path)
 	if err != nil {
 		return nil, err
@@ -189,8 +218,15 @@ func (s *Sandbox) Plug(ctx context.Context) (*Attachment, error) {
 	return a, nil
 }
 
-// DNS is CNI's DNS, if the plugins gave one.
+// DNS is CNI's DNS, if the plugins gave one (after Wait).
 func (s *Sandbox) DNS() cnitypes.DNS {
+	if s.added != nil {
+		select {
+		case <-s.added:
+		default:
+			return cnitypes.DNS{}
+		}
+	}
 	if s.Result == nil {
 		return cnitypes.DNS{}
 	}

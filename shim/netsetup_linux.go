@@ -193,6 +193,8 @@ func (n *taskNet) teardown(ctx context.Context) error {
 	if n.attach != nil {
 		n.attach.Close()
 	}
+	// CNI's DEL after its ADD, not during it.
+	_ = n.sandbox.Wait(context.WithoutCancel(ctx))
 	return network.Teardown(ctx, netStateDir, n.key)
 }
 

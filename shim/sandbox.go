@@ -47,6 +47,8 @@ type sandbox struct {
 	trace *bootTrace
 	// warm: the VM starts from a template (nil: it boots).
 	warm *warmStart
+	// stopConsole ends the bound on the console log (boundConsole).
+	stopConsole context.CancelFunc
 
 	mu         sync.Mutex
 	stopped    bool // the VM was stopped on purpose
@@ -254,18 +256,26 @@ func (sb *sandbox) syncClock() {
 // stop ends the VM: the agent is asked to power off, then the VM is
 // stopped, then everything the shim made for it is removed. last, the
 // container deleted last, is cleaned up (stdio, rootfs, poststop hooks) once
-// the VM is gone.
-func (sb *sandbox) stop(ctx context.Context, last *container) {
+// the VM is gone. now: the agent powers off though last was not deleted in
+// the guest (its init exited; Delete).
+func (sb *sandbox) stop(ctx context.Context, last *container, now bool) {
 	sb.mu.Lock()
 	sb.stopped = true
 	sb.mu.Unlock()
+	var netDone chan error
 	if sb.client != nil {
 		if !sb.vmDead() {
 			// The agent syncs, unmounts and powers off; forcing the VM
 			// off before that could lose what the containers wrote.
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
-			_, _ = sb.agent.Shutdown(sctx, &taskAPI.ShutdownRequest{ID: sb.id})
+			_, err := sb.agent.Shutdown(sctx, &taskAPI.ShutdownRequest{ID: sb.id, Now: now})
 			cancel()
+			if err == nil {
+				// No container runs any more: the network goes while
+				// the guest powers off.
+				netDone = make(chan error, 1)
+				go func() { netDone <- sb.net.teardown(ctx) }()
+			}
 			select {
 			case <-sb.machine.Done():
 			case <-time.After(powerOffWait):
@@ -279,6 +289,9 @@ func (sb *sandbox) stop(ctx context.Context, last *container) {
 	}
 	cancel()
 	sb.trace.mark(ctx, phaseVMGone)
+	if sb.stopConsole != nil {
+		sb.stopConsole()
+	}
 	for _, f := range sb.forwarders {
 		f.close()
 	}
@@ -291,7 +304,13 @@ func (sb *sandbox) stop(ctx context.Context, last *container) {
 			log.G(ctx).WithError(err).WithField("id", sb.id).Warn("removing the pod share")
 		}
 	}
-	if err := sb.net.teardown(ctx); err != nil {
+	var err error
+	if netDone != nil {
+		err = <-netDone
+	} else {
+		err = sb.net.teardown(ctx)
+	}
+	if err != nil {
 		log.G(ctx).WithError(err).WithField("id", sb.id).Warn("removing the task's network")
 	}
 	os.RemoveAll(filepath.Join(sb.bundle, "vm"))

@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -276,10 +277,13 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		trace:       trace,
 		warm:        warm,
 	}
+	cctx, stopConsole := context.WithCancel(context.WithoutCancel(ctx))
+	sb.stopConsole = stopConsole
+	go boundConsole(cctx, console, maxConsoleLog, consoleCheck)
 	c := newContainer(r, sb, spec, hs, rootfs)
 	defer func() {
 		if retErr != nil {
-			sb.stop(ctx, c)
+			sb.stop(ctx, c, false)
 		}
 	}()
 	setup := &agentapi.SetupRequest{
@@ -294,6 +298,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	}
 	go s.forwardEvents(sb)
 	go s.watchVM(sb)
+	go s.watchBundle(sb, bundleCheck)
 	go sb.syncClock()
 	if err := s.createInGuest(ctx, c, r, config, rootfs.guest); err != nil {
 		return nil, err
@@ -430,6 +435,11 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *taskAPI.Cr
 	if p.io, err = openIO(ctx, sb.machine, r.ID, sb.namespace, r.Stdin, r.Stdout, r.Stderr, r.Terminal, onOutput); err != nil {
 		return err
 	}
+	// An init's stdin opens at Create, as in the runc shim.
+	if err := p.io.startStdin(ctx); err != nil {
+		p.io.close()
+		return err
+	}
 	c.mu.Lock()
 	c.procs[""] = p
 	c.mu.Unlock()
@@ -450,6 +460,71 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *taskAPI.Cr
 	}
 	p.setPids(c.hostPid("", resp.Pid), resp.Pid)
 	return nil
+}
+
+// checkGuestEvent admits an event of the agent before the shim acts on it
+// or passes it on to containerd: the topic must be the event's own, and the
+// event must be about a container (and, for an exit, a process) of this
+// shim. A guest can send anything; containerd must never hear from it of
+// another task, or under another topic (SECURITY.md).
+func (s *service) checkGuestEvent(topic string, v any) error {
+	var cid, execID string
+	want := ""
+	switch e := v.(type) {
+	case *agentapi.PortEvent:
+		if topic != agentapi.PortEventTopic {
+			return fmt.Errorf("a port event under topic %q: %w", topic, errdefs.ErrInvalidArgument)
+		}
+		return nil
+	case *eventstypes.TaskCreate:
+		want, cid = runtime.TaskCreateEventTopic, e.ContainerID
+	case *eventstypes.TaskStart:
+		want, cid = runtime.TaskStartEventTopic, e.ContainerID
+	case *eventstypes.TaskOOM:
+		want, cid = runtime.TaskOOMEventTopic, e.ContainerID
+	case *eventstypes.TaskExit:
+		want, cid, execID = runtime.TaskExitEventTopic, e.ContainerID, e.ID
+		if execID == cid {
+			execID = ""
+		}
+	case *eventstypes.TaskDelete:
+		want, cid = runtime.TaskDeleteEventTopic, e.ContainerID
+	case *eventstypes.TaskExecAdded:
+		want, cid = runtime.TaskExecAddedEventTopic, e.ContainerID
+	case *eventstypes.TaskExecStarted:
+		want, cid = runtime.TaskExecStartedEventTopic, e.ContainerID
+	case *eventstypes.TaskPaused:
+		want, cid = runtime.TaskPausedEventTopic, e.ContainerID
+	case *eventstypes.TaskResumed:
+		want, cid = runtime.TaskResumedEventTopic, e.ContainerID
+	default:
+		return fmt.Errorf("event %T: not one the agent sends: %w", v, errdefs.ErrInvalidArgument)
+	}
+	if topic != want {
+		return fmt.Errorf("event %T under topic %q: %w", v, topic, errdefs.ErrInvalidArgument)
+	}
+	c, err := s.task(cid)
+	if err != nil {
+		return fmt.Errorf("event %T of container %q: %w", v, cid, err)
+	}
+	if _, ok := v.(*eventstypes.TaskExit); ok {
+		if _, err := c.process(execID); err != nil {
+			return fmt.Errorf("exit of process %q of %q: %w", execID, cid, err)
+		}
+	}
+	return nil
+}
+
+// lastOf tells whether c is the only container left in its VM.
+func (s *service) lastOf(c *container) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range s.containers {
+		if o != c && o.sb == c.sb {
+			return false
+		}
+	}
+	return true
 }
 
 // forwardEvents republishes the agent's events to containerd. The exit of a
@@ -474,16 +549,22 @@ func (s *service) forwardEvents(sb *sandbox) {
 			log.G(ctx).WithError(err).WithField("topic", env.Topic).Warn("undecodable agent event")
 			continue
 		}
+		switch v.(type) {
+		case *eventstypes.TaskCreate, *eventstypes.TaskDelete:
+			// The shim publishes these with the host's bundle, mounts and
+			// stdio, and only once the VM side is done.
+			continue
+		}
+		if err := s.checkGuestEvent(env.Topic, v); err != nil {
+			log.G(ctx).WithError(err).WithField("topic", env.Topic).Warn("dropping an agent event")
+			continue
+		}
 		switch e := v.(type) {
 		case *agentapi.PortEvent:
 			// The shim's own business, not containerd's.
 			for _, f := range sb.forwarders {
 				f.handle(ctx, e)
 			}
-			continue
-		case *eventstypes.TaskCreate, *eventstypes.TaskDelete:
-			// The shim publishes these with the host's bundle, mounts and
-			// stdio, and only once the VM side is done.
 			continue
 		case *eventstypes.TaskExit:
 			execID := e.ID
@@ -540,6 +621,56 @@ func (s *service) watchVM(sb *sandbox) {
 		if p := procs[""]; p != nil {
 			s.vmDeadExit(ctx, c, p, now)
 		}
+	}
+}
+
+// bundleCheck is how often a shim checks that its VM's bundle is there.
+const bundleCheck = 5 * time.Second
+
+// watchBundle ends the shim once the bundle of its VM is removed while it
+// runs: containerd cleaned the task up without deleting it through this
+// shim (a client that abandoned it; containerd's `delete` after a failed
+// call finds the shim alive and leaves it to clean up after itself), and
+// nobody will call this shim again. The VM is stopped, what the shim made
+// for its containers is removed, and the shim exits: no shim outlives the
+// bundle of its VM (the runc shim's rule, Shutdown with no task left, holds
+// too).
+func (s *service) watchBundle(sb *sandbox, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for range t.C {
+		if sb.isStopped() {
+			return
+		}
+		if _, err := os.Stat(sb.bundle); !errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		ctx := namespaces.WithNamespace(context.Background(), sb.namespace)
+		s.lifecycle.Lock()
+		if sb.isStopped() {
+			s.lifecycle.Unlock()
+			return
+		}
+		log.G(ctx).WithField("id", sb.id).Warn("the bundle of the task's VM was removed: stopping the VM, exiting")
+		s.mu.Lock()
+		var gone []*container
+		for id, c := range s.containers {
+			if c.sb == sb {
+				gone = append(gone, c)
+				delete(s.containers, id)
+			}
+		}
+		if s.sb == sb {
+			s.sb = nil
+		}
+		s.mu.Unlock()
+		sb.stop(ctx, nil, false)
+		for _, c := range gone {
+			c.cleanup(ctx)
+		}
+		s.lifecycle.Unlock()
+		s.sd.Shutdown()
+		return
 	}
 }
 
@@ -605,12 +736,16 @@ func (s *service) stopVM() {
 		}
 		defer c.cleanup(ctx)
 	}
-	sb.stop(ctx, last)
+	sb.stop(ctx, last, false)
 }
 
 func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	c, p, err := s.taskProcess(r.ID, r.ExecID)
 	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	// An exec's stdin opens at Start (startStdin).
+	if err := p.io.startStdin(ctx); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	resp, err := c.sb.agent.Start(ctx, &taskAPI.StartRequest{ID: r.ID, ExecID: r.ExecID})
@@ -758,7 +893,11 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 
 	s.lifecycle.Lock()
 	defer s.lifecycle.Unlock()
-	if !sb.vmDead() {
+	// The VM's last container, exited: the VM powers off with it, and
+	// the guest's delete (runc's, its mounts, its bundle) would only undo
+	// what goes with the VM. Its exit status is the one the shim has.
+	withVM := p.hasExited() && s.lastOf(c)
+	if !sb.vmDead() && !withVM {
 		resp, err := sb.agent.Delete(ctx, r)
 		if err != nil && !sb.vmDead() {
 			return nil, errgrpc.ToGRPC(sb.agentErr(err))
@@ -787,7 +926,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	s.mu.Unlock()
 	if last {
-		sb.stop(ctx, c)
+		sb.stop(ctx, c, withVM)
 	} else {
 		c.cleanup(ctx)
 	}

@@ -99,17 +99,3 @@ func hasOption(opts []string, o string) bool {
 	}
 	return false
 }
-
-// consoleTail is the end of the guest console, for errors about a VM that
-// did not come up.
-func consoleTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil || len(b) == 0 {
-		return ""
-	}
-	const max = 2048
-	if len(b) > max {
-		b = b[len(b)-max:]
-	}
-	return "\nguest console (last lines):\n" + strings.TrimSpace(string(b))
-}

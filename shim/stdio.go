@@ -34,7 +34,15 @@ type hostIO struct {
 	ids [3]string // stream ids for the agent: stdin, stdout, stderr
 
 	stdinConn transport.Conn
-	stdinF    io.ReadCloser
+	stdinPath string        // the FIFO, opened by startStdin
+	stdinF    io.ReadCloser // nil until then
+	// stdinClosed: CloseIO came (before startStdin, it is done there).
+	stdinClosed bool
+	// stdinW is the shim's own write end of the stdin FIFO, held until
+	// CloseIO as containerd's runc shim does: a client that closes its
+	// writer and opens a new one later (detach, re-attach) reaches the
+	// same process; only CloseIO lets the FIFO reach its end.
+	stdinW    io.Closer
 	stdinDone chan struct{}
 
 	copying sync.WaitGroup // stdout and stderr copies
@@ -72,12 +80,7 @@ func openIO(ctx context.Context, d transport.Dialer, id, ns, stdin, stdout, stde
 	}
 
 	if stdin != "" {
-		f, err := fifo.OpenFifo(ctx, stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
-		if err != nil {
-			return nil, fmt.Errorf("opening stdin %s: %w", stdin, err)
-		}
-		h.stdinF = f
-		h.closers = append(h.closers, f)
+		h.stdinPath = stdin
 		if h.ids[0], h.stdinConn, err = openStream(ctx, d); err != nil {
 			return nil, err
 		}
@@ -108,18 +111,44 @@ func openIO(ctx context.Context, d transport.Dialer, id, ns, stdin, stdout, stde
 			w.Close()
 		}()
 	}
-	if h.stdinConn != nil {
-		go func() {
-			defer close(h.stdinDone)
-			if _, err := io.Copy(h.stdinConn, h.stdinF); err != nil && !errors.Is(err, os.ErrClosed) {
-				log.G(ctx).WithError(err).Debug("copying stdin to the guest")
-			}
-			// In band, after the last byte: the agent closes the
-			// process's stdin when it reads this.
-			_ = h.stdinConn.CloseWrite()
-		}()
-	}
 	return h, nil
+}
+
+// startStdin opens the stdin FIFO, the shim's own write end too, and
+// copies it to the guest. As in containerd's runc shim, an init process's
+// stdin opens at Create and an exec's at Start: ctr sets up its CloseIO
+// only once Exec returned, so a short stdin read at Exec would end before
+// anyone could close it. Once is enough; without stdin it does nothing.
+func (h *hostIO) startStdin(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stdinPath == "" || h.stdinF != nil {
+		return nil
+	}
+	f, err := fifo.OpenFifo(ctx, h.stdinPath, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("opening stdin %s: %w", h.stdinPath, err)
+	}
+	w, err := fifo.OpenFifo(ctx, h.stdinPath, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("opening stdin %s: %w", h.stdinPath, err)
+	}
+	h.stdinF, h.stdinW = f, w
+	h.closers = append(h.closers, f, w)
+	if h.stdinClosed {
+		w.Close() // CloseIO came first
+	}
+	go func() {
+		defer close(h.stdinDone)
+		if _, err := io.Copy(h.stdinConn, f); err != nil && !errors.Is(err, os.ErrClosed) {
+			log.G(ctx).WithError(err).Debug("copying stdin to the guest")
+		}
+		// In band, after the last byte: the agent closes the process's
+		// stdin when it reads this.
+		_ = h.stdinConn.CloseWrite()
+	}()
+	return nil
 }
 
 // openStream dials the agent's stdio port and names a new stream.
@@ -306,18 +335,26 @@ func (h *hostIO) wait(ctx context.Context) {
 	}
 }
 
-// closeStdin is CloseIO: the stdin copy ends at the FIFO's end-of-file, which
-// the client caused before calling; if it has not come within a grace
-// period, stdin is cut off.
+// closeStdin is CloseIO: the shim lets go of its write end, so the stdin
+// copy ends at the FIFO's end-of-file once the client's writers are closed
+// too; if that has not come within a grace period, stdin is cut off.
 func (h *hostIO) closeStdin() {
-	if h.stdinF == nil {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stdinPath == "" || h.stdinClosed {
 		return
 	}
+	h.stdinClosed = true
+	if h.stdinF == nil {
+		return // startStdin closes its write end at once
+	}
+	h.stdinW.Close()
+	f := h.stdinF
 	go func() {
 		select {
 		case <-h.stdinDone:
 		case <-time.After(stdinCloseGrace):
-			h.stdinF.Close()
+			f.Close()
 		}
 	}()
 }

@@ -65,14 +65,19 @@ func TestHostIOFifos(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.close()
+	if err := h.startStdin(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if h.ids[0] == "" || h.ids[1] == "" || h.ids[2] != "" {
 		t.Fatalf("stream ids %q", h.ids)
 	}
 	stdinS, stdoutS := <-streams, <-streams
 
-	// stdin: the bytes, then EOF in band after them.
+	// stdin: the bytes, then, once the client closed its end and called
+	// CloseIO, EOF in band after them.
 	io.WriteString(inW, "to the guest")
 	inW.Close()
+	h.closeStdin()
 	got, err := io.ReadAll(stdinS)
 	if err != nil || string(got) != "to the guest" {
 		t.Errorf("stdin stream carried %q, %v", got, err)
@@ -89,6 +94,57 @@ func TestHostIOFifos(t *testing.T) {
 	n, _ := outR.Read(b)
 	if string(b[:n]) != "from the guest" {
 		t.Errorf("stdout FIFO got %q", b[:n])
+	}
+}
+
+// TestHostIOStdinReattach: a client that closes its writer of the stdin
+// FIFO without CloseIO and opens a new one later reaches the same process;
+// the process sees EOF only after CloseIO (ctr attach; the runc shim holds a
+// write end for this).
+func TestHostIOStdinReattach(t *testing.T) {
+	tr, streams := fakeAgent(t)
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in")
+	ctx := context.Background()
+	w1, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_NONBLOCK, 0o700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := openIO(ctx, tr, "c", "ns", in, "", "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.close()
+	if err := h.startStdin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stdinS := <-streams
+	got := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(stdinS)
+		got <- string(b)
+	}()
+	io.WriteString(w1, "first ")
+	w1.Close() // detach
+	select {
+	case s := <-got:
+		t.Fatalf("the process saw EOF when its client detached, after %q", s)
+	case <-time.After(300 * time.Millisecond):
+	}
+	w2, err := fifo.OpenFifo(ctx, in, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w2, "second")
+	w2.Close()
+	h.closeStdin()
+	select {
+	case s := <-got:
+		if s != "first second" {
+			t.Errorf("stdin carried %q, want both writers' bytes", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no EOF after CloseIO")
 	}
 }
 

@@ -39,6 +39,9 @@ type Mux struct {
 
 	mu        sync.Mutex
 	listeners map[uint32]*muxListener
+	// routing bounds the incoming streams whose header is still awaited:
+	// a peer can open streams without end (SECURITY.md).
+	routing chan struct{}
 
 	done chan struct{}
 	err  error // set before done is closed
@@ -147,6 +150,7 @@ func newMux(ctx context.Context, rwc io.ReadWriteCloser, server bool, tune func(
 		fins:      fins,
 		log:       entry,
 		listeners: make(map[uint32]*muxListener),
+		routing:   make(chan struct{}, maxRouting),
 		done:      make(chan struct{}),
 	}
 	go m.acceptLoop()
@@ -262,9 +266,26 @@ func (m *Mux) acceptLoop() {
 			m.finish(err)
 			return
 		}
-		go m.route(s)
+		select {
+		case m.routing <- struct{}{}:
+			go func() {
+				defer func() { <-m.routing }()
+				m.route(s)
+			}()
+		default:
+			// Too many streams say nothing: this one is reset, the
+			// session lives on.
+			m.log.WithField("stream", s.StreamID()).Debug("mux: too many streams awaiting their header, resetting")
+			m.fins.release(s.StreamID())
+			s.Close()
+		}
 	}
 }
+
+// maxRouting is how many incoming streams may await their header at once:
+// a dialer writes it at once, so more than this are a peer that opens
+// streams and says nothing on them.
+const maxRouting = 256
 
 // finish records why the session ended and releases waiters.
 func (m *Mux) finish(acceptErr error) {

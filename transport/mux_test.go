@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -446,4 +447,115 @@ func TestMuxReleasesStreams(t *testing.T) {
 	eventually(t, 2*time.Second, "streams released", func() bool {
 		return c.fins.len() == 0 && s.fins.len() == 0 && c.sess.NumStreams() == 0 && s.sess.NumStreams() == 0
 	})
+}
+
+// TestMuxFinFlood: a hostile peer that sends FINs for streams that never
+// were (or are long gone) cannot grow the host's FIN bookkeeping without
+// bound, and the session lives on.
+func TestMuxFinFlood(t *testing.T) {
+	host, guest := net.Pipe()
+	m, err := NewMux(context.Background(), host, false, WithoutKeepAlive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	defer guest.Close()
+	const frames = 50000
+	go func() {
+		frame := make([]byte, 12)
+		for i := range frames {
+			// version 0, type data, flag FIN, stream id, no body.
+			frame[1], frame[0] = 0, 0
+			binary.BigEndian.PutUint16(frame[2:4], 0x4)
+			binary.BigEndian.PutUint32(frame[4:8], uint32(2*i+1))
+			binary.BigEndian.PutUint32(frame[8:12], 0)
+			if _, err := guest.Write(frame); err != nil {
+				return
+			}
+		}
+		// A ping (type 2, SYN): its answer tells that every frame before
+		// it was read.
+		binary.BigEndian.PutUint16(frame[0:2], 0x0002)
+		binary.BigEndian.PutUint16(frame[2:4], 0x1)
+		binary.BigEndian.PutUint32(frame[4:8], 0)
+		binary.BigEndian.PutUint32(frame[8:12], 7)
+		guest.Write(frame)
+	}()
+	reply := make([]byte, 12)
+	if err := within(t, 30*time.Second, "ping answer", func() error {
+		_, err := io.ReadFull(guest, reply)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if reply[1] != 2 || binary.BigEndian.Uint32(reply[8:12]) != 7 {
+		t.Fatalf("reply %x, want the ping's answer", reply)
+	}
+	if n := m.fins.len(); n > maxEarlyFins {
+		t.Errorf("%d FINs kept after %d for streams that never were, want at most %d", n, frames, maxEarlyFins)
+	}
+	select {
+	case <-m.sess.CloseChan():
+		t.Error("the session died of the flood")
+	default:
+	}
+}
+
+// TestFinTrackerEarly: a FIN that comes before its stream is created is
+// kept for it; the oldest unclaimed ones go once too many wait.
+func TestFinTrackerEarly(t *testing.T) {
+	ft := newFinTracker()
+	ft.fin(3)
+	if !ft.get(3).Load() {
+		t.Error("an early FIN was lost")
+	}
+	for i := range maxEarlyFins + 10 {
+		ft.fin(uint32(100 + i))
+	}
+	if n := ft.len(); n != maxEarlyFins+1 {
+		t.Errorf("%d entries, want the claimed one and %d early", n, maxEarlyFins)
+	}
+	if !ft.get(3).Load() {
+		t.Error("a claimed FIN was evicted")
+	}
+	ft.release(3)
+	if ft.get(100).Load() {
+		t.Error("the oldest early FIN was kept past the bound")
+	}
+}
+
+// TestMuxStreamFlood: a hostile peer that opens streams and never says
+// which port they are for ties up at most maxRouting of the host's
+// goroutines; the others are reset at once.
+func TestMuxStreamFlood(t *testing.T) {
+	host, guest := net.Pipe()
+	m, err := NewMux(context.Background(), host, false, WithoutKeepAlive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	defer guest.Close()
+	go io.Copy(io.Discard, guest) // the host's answers
+	before := runtime.NumGoroutine()
+	const streams = 2000
+	frame := make([]byte, 12)
+	for i := range streams {
+		// window update with SYN: a new stream, and nothing on it.
+		frame[1] = 1
+		binary.BigEndian.PutUint16(frame[2:4], 0x1)
+		binary.BigEndian.PutUint32(frame[4:8], uint32(2*i+2))
+		binary.BigEndian.PutUint32(frame[8:12], 0)
+		if _, err := guest.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := runtime.NumGoroutine() - before; n > maxRouting+32 {
+		t.Errorf("%d goroutines more after %d silent streams, want at most ~%d", n, streams, maxRouting)
+	}
+	select {
+	case <-m.sess.CloseChan():
+		t.Error("the session died of the flood")
+	default:
+	}
 }

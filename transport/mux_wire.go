@@ -122,20 +122,32 @@ func (w *wire) scan(b []byte) {
 }
 
 // finTracker remembers which streams have received the peer's FIN. An entry
-// lives from the stream's creation (or its FIN, whichever comes first) until
-// the local side is done with the stream.
+// lives from the stream's creation until the local side is done with the
+// stream. A FIN may come before the stream's muxConn exists (the peer
+// opened, wrote and closed at once): such an early FIN is kept until the
+// stream is created, but only the last maxEarlyFins of them, because the
+// peer may also send FINs for streams that never were or are long gone
+// (hostile, or late), and each would otherwise stay for good.
 type finTracker struct {
-	mu sync.Mutex
-	m  map[uint32]*atomic.Bool
+	mu    sync.Mutex
+	m     map[uint32]*atomic.Bool
+	early map[uint32]bool // FINs no stream claimed yet
+	order []uint32        // early FINs, oldest first (claimed ones too)
 }
+
+// maxEarlyFins bounds the FINs kept for streams that do not exist (yet):
+// more than the streams a peer can have waiting to be accepted.
+const maxEarlyFins = 1024
 
 func newFinTracker() *finTracker {
-	return &finTracker{m: make(map[uint32]*atomic.Bool)}
+	return &finTracker{m: make(map[uint32]*atomic.Bool), early: make(map[uint32]bool)}
 }
 
+// get is the stream's flag, made when the local side creates the stream.
 func (t *finTracker) get(id uint32) *atomic.Bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	delete(t.early, id)
 	f, ok := t.m[id]
 	if !ok {
 		f = new(atomic.Bool)
@@ -144,11 +156,33 @@ func (t *finTracker) get(id uint32) *atomic.Bool {
 	return f
 }
 
-func (t *finTracker) fin(id uint32) { t.get(id).Store(true) }
+// fin records the peer's FIN on stream id.
+func (t *finTracker) fin(id uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f, ok := t.m[id]; ok {
+		f.Store(true)
+		return
+	}
+	f := new(atomic.Bool)
+	f.Store(true)
+	t.m[id] = f
+	t.early[id] = true
+	t.order = append(t.order, id)
+	for len(t.order) > maxEarlyFins {
+		old := t.order[0]
+		t.order = t.order[1:]
+		if t.early[old] {
+			delete(t.early, old)
+			delete(t.m, old)
+		}
+	}
+}
 
 func (t *finTracker) release(id uint32) {
 	t.mu.Lock()
 	delete(t.m, id)
+	delete(t.early, id)
 	t.mu.Unlock()
 }
 
