@@ -40,6 +40,7 @@ type portForwarder struct {
 
 	mu        sync.Mutex
 	closed    bool
+	full      bool                 // maxForwards reached (said once)
 	listeners map[string]io.Closer // "tcp/8080"
 }
 
@@ -47,9 +48,18 @@ func newPortForwarder(d transport.Dialer, enter func(fn func() error) error) *po
 	return &portForwarder{dialer: d, host: "127.0.0.1", enter: enter, listeners: map[string]io.Closer{}}
 }
 
+// maxForwards bounds the ports one VM's guest gets listened on for it: a
+// guest announces what it likes, and each costs the shim a socket and a
+// goroutine.
+const maxForwards = 1024
+
 // handle acts on one of the agent's PortEvents. A port the host cannot
 // listen on (taken, privileged) is a warning, never a failed container.
 func (f *portForwarder) handle(ctx context.Context, ev *agentapi.PortEvent) {
+	if ev.Port == 0 || ev.Port > 65535 {
+		log.G(ctx).WithField("port", ev.Port).Debug("not a port: not forwarded")
+		return
+	}
 	key := ev.Protocol + "/" + strconv.Itoa(int(ev.Port))
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -65,6 +75,13 @@ func (f *portForwarder) handle(ctx context.Context, ev *agentapi.PortEvent) {
 		return
 	}
 	if f.listeners[key] != nil {
+		return
+	}
+	if len(f.listeners) >= maxForwards {
+		if !f.full {
+			f.full = true
+			log.G(ctx).WithField("port", key).Warnf("the guest listens on more than %d ports: no more are forwarded", maxForwards)
+		}
 		return
 	}
 	addr := net.JoinHostPort(f.host, strconv.Itoa(int(ev.Port)))

@@ -158,3 +158,32 @@ func TestPortForwarder(t *testing.T) {
 		t.Error("a listener for a port taken on the host")
 	}
 }
+
+// TestPortForwarderBound: a guest that announces more ports than
+// maxForwards, or ports that are none, gets no more listeners.
+func TestPortForwarderBound(t *testing.T) {
+	g := &fakeGuest{t: t, headers: make(chan string, 16)}
+	f := newPortForwarder(g, nil)
+	defer f.close()
+	ctx := context.Background()
+	for _, p := range []uint32{0, 65536, 1 << 31} {
+		f.handle(ctx, &agentapi.PortEvent{Protocol: "tcp", Port: p, Listening: true})
+	}
+	if n := len(f.listeners); n != 0 {
+		t.Fatalf("%d listeners for ports that are none", n)
+	}
+	// Fill the bound with stand-ins, then announce a real, free port.
+	for i := range maxForwards {
+		f.listeners["tcp/x"+itoa(uint32(i))] = io.NopCloser(nil)
+	}
+	port := freePort(t, "tcp")
+	f.handle(ctx, &agentapi.PortEvent{Protocol: "tcp", Port: port, Listening: true})
+	if f.listeners["tcp/"+itoa(port)] != nil {
+		t.Error("a port past the bound was forwarded")
+	}
+	for k := range f.listeners {
+		if k != "tcp/"+itoa(port) {
+			delete(f.listeners, k)
+		}
+	}
+}

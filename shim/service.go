@@ -817,7 +817,12 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 			resp.ID = r.ExecID
 		}
 	}
-	// The host's view of the pid and the paths.
+	// The host's view of the pid and the paths, and of which process this
+	// is: the guest does not get to name another.
+	resp.ID, resp.ExecID = r.ID, r.ExecID
+	if r.ExecID != "" {
+		resp.ID = r.ExecID
+	}
 	if host != 0 {
 		resp.Pid = host
 	}
