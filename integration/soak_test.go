@@ -1,0 +1,250 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// soakResult is one soak's line of the table make soak prints.
+type soakResult struct {
+	cycles, failed     int
+	leaks              []string
+	maxShimRSSKiB      int64
+	fdsBefore, maxFDs  int
+	fdsAfter, shimsMax int
+	took               time.Duration
+}
+
+func (r soakResult) String() string {
+	return fmt.Sprintf("cycles %d, failed %d, leaks found %d, max shim RSS %.1f MiB, max shims at once %d, containerd fds %d before, %d max, %d after, %.2f s per cycle",
+		r.cycles, r.failed, len(r.leaks), float64(r.maxShimRSSKiB)/1024, r.shimsMax, r.fdsBefore, r.maxFDs, r.fdsAfter, r.took.Seconds()/float64(max(r.cycles, 1)))
+}
+
+// soak runs n cycles of `ctr run --rm … echo hi` with the vz runtime, one after another,
+// sampling the shims' RSS and containerd's open fds, then looks for leaks: processes, mounts,
+// loop devices, containerd's and the shims' state and files, network namespaces, taps.
+func soak(tb testing.TB, h *harness, n int) soakResult {
+	tb.Helper()
+	pid := h.d.cmd.Process.Pid
+	fds := func() int {
+		e, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+		return len(e)
+	}
+	// A first run outside the count: a warm start's template, containerd's lazily opened files.
+	if r := h.ctr(h.runArgs(h.rmFlags(), h.newID("soak0"), "echo", "hi")...); r.code != 0 {
+		tb.Fatalf("first run: %s", r)
+	}
+	h.ids = h.ids[:0]
+	res := soakResult{cycles: n, fdsBefore: fds()}
+	var mu sync.Mutex
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			shims := 0
+			var rss int64
+			for _, p := range h.d.ownedProcs() {
+				if strings.Contains(p.cmdline, "containerd-shim-vz-v1") {
+					shims++
+					rss = max(rss, statusKiB(p.pid, "VmRSS"))
+				}
+			}
+			f := fds()
+			mu.Lock()
+			res.maxShimRSSKiB = max(res.maxShimRSSKiB, rss)
+			res.maxFDs = max(res.maxFDs, f)
+			res.shimsMax = max(res.shimsMax, shims)
+			mu.Unlock()
+		}
+	}()
+	start := time.Now()
+	for i := range n {
+		r := h.ctr(h.runArgs(h.rmFlags(), h.newID("soak"), "echo", "hi")...)
+		if r.code != 0 || r.stdout != "hi\n" {
+			res.failed++
+			tb.Errorf("cycle %d: %s", i, r)
+			continue
+		}
+		h.ids = h.ids[:0] // only a failed cycle's id needs the harness's cleanup
+	}
+	res.took = time.Since(start)
+	close(stop)
+	<-done
+	res.leaks = h.d.checkLeaks(&h.base, leakTimeout)
+	res.fdsAfter = fds()
+	return res
+}
+
+// statusKiB reads a KiB field of /proc/<pid>/status; 0 when the process is gone.
+func statusKiB(pid int, field string) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// soakCycles is VZ_SOAK_CYCLES, else def.
+func soakCycles(def int) int {
+	if n, err := strconv.Atoi(os.Getenv("VZ_SOAK_CYCLES")); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// TestSoakShort: the short soak of make test: 20 create/start/delete cycles leave nothing behind
+// (no shim, VMM or other process, mount, loop device, state, netns or tap: checkLeaks), and
+// containerd holds no more files than before them. (A cycle's shim may still be exiting while the
+// next one's starts: "max shims at once" is 2.)
+func TestSoakShort(t *testing.T) {
+	h := newHarness(t, runtimeCase{name: "vz", runtime: vzRuntime, vm: true})
+	r := soak(t, h, soakCycles(20))
+	t.Logf("soak: %s", r)
+	if len(r.leaks) > 0 {
+		t.Errorf("leaked after %d cycles:\n  %s", r.cycles, strings.Join(r.leaks, "\n  "))
+	}
+	if r.fdsAfter > r.fdsBefore {
+		t.Errorf("containerd holds %d files after %d cycles, %d before", r.fdsAfter, r.cycles, r.fdsBefore)
+	}
+}
+
+// BenchmarkSoak is make soak's long form: VZ_SOAK_CYCLES (200) cycles, and the table.
+func BenchmarkSoak(b *testing.B) {
+	if os.Getenv("VZ_SOAK_CYCLES") == "" {
+		b.Skip("!!! make soak runs it (VZ_SOAK_CYCLES set)")
+	}
+	h := newHarness(b, runtimeCase{name: "vz", runtime: vzRuntime, vm: true})
+	var r soakResult
+	for b.Loop() {
+		r = soak(b, h, soakCycles(200))
+	}
+	fmt.Printf("soak (ctr run --rm … echo hi, vz):\n%-8s %-7s %-12s %-14s %-18s %-10s\n", "cycles", "failed", "leaks found", "max shim RSS", "max containerd fds", "s/cycle")
+	fmt.Printf("%-8d %-7d %-12d %-14s %-18d %-10.2f\n", r.cycles, r.failed, len(r.leaks), fmt.Sprintf("%.1f MiB", float64(r.maxShimRSSKiB)/1024), r.maxFDs, r.took.Seconds()/float64(max(r.cycles, 1)))
+	for _, l := range r.leaks {
+		fmt.Println("  leak:", l)
+	}
+	if len(r.leaks) > 0 || r.failed > 0 || r.fdsAfter > r.fdsBefore {
+		b.Errorf("soak: %s", r)
+	}
+}
+
+// manyResult is what manyVMs measured.
+type manyResult struct {
+	vms, failed   int
+	startAll      time.Duration
+	qemuRSSKiB    []int64 // per VM, idle
+	guestAvailKiB []int64 // MemAvailable in each guest
+}
+
+func (r manyResult) String() string {
+	return fmt.Sprintf("%d VMs at once (%d failed): all started in %.1f s; idle QEMU RSS per VM %s; guest MemAvailable %s",
+		r.vms, r.failed, r.startAll.Seconds(), spread(r.qemuRSSKiB), spread(r.guestAvailKiB))
+}
+
+// spread is "min–max MiB (mean)" of KiB values.
+func spread(kib []int64) string {
+	if len(kib) == 0 {
+		return "-"
+	}
+	lo, hi, sum := kib[0], kib[0], int64(0)
+	for _, v := range kib {
+		lo, hi, sum = min(lo, v), max(hi, v), sum+v
+	}
+	return fmt.Sprintf("%.0f–%.0f MiB (mean %.0f)", float64(lo)/1024, float64(hi)/1024, float64(sum)/float64(len(kib))/1024)
+}
+
+// manyVMs starts n tasks at once (`ctr run -d … sleep`), each in its VM; when all run it asks
+// each for its guest's available memory (an exec) and reads each QEMU's RSS, then kills and
+// deletes them all.
+func manyVMs(tb testing.TB, h *harness, n int) manyResult {
+	tb.Helper()
+	res := manyResult{vms: n}
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = h.newID("many")
+	}
+	runs := make([]result, n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runs[i] = h.ctr(h.runArgs(detached(), id, "sleep", "600")...)
+		}()
+	}
+	wg.Wait()
+	res.startAll = time.Since(start)
+	var up []string
+	for i, r := range runs {
+		if r.code != 0 {
+			res.failed++
+			tb.Errorf("VM %d of %d did not start: %s", i+1, n, r)
+			continue
+		}
+		up = append(up, ids[i])
+	}
+	for _, id := range up {
+		out := h.ctr("tasks", "exec", "--exec-id", "mem", id, "sh", "-c", "grep MemAvailable /proc/meminfo")
+		if f := strings.Fields(out.stdout); out.code == 0 && len(f) >= 2 {
+			if v, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+				res.guestAvailKiB = append(res.guestAvailKiB, v)
+			}
+		} else {
+			res.failed++
+			tb.Errorf("exec in %s: %s", id, out)
+		}
+		res.qemuRSSKiB = append(res.qemuRSSKiB, statusKiB(h.findQEMU(id).pid, "VmRSS"))
+	}
+	for _, id := range up {
+		h.killAndRemove(id)
+	}
+	return res
+}
+
+// TestManyVMsShort: the short form of make test: 6 VMs start at once, all run and answer, and
+// all go without a trace.
+func TestManyVMsShort(t *testing.T) {
+	h := newHarness(t, runtimeCase{name: "vz", runtime: vzRuntime, vm: true})
+	r := manyVMs(t, h, manyVMCount(6))
+	t.Logf("%s", r)
+}
+
+// manyVMCount is VZ_MANY_VMS, else def.
+func manyVMCount(def int) int {
+	if n, err := strconv.Atoi(os.Getenv("VZ_MANY_VMS")); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// BenchmarkManyVMs is make soak's: VZ_MANY_VMS (20) VMs at once on this machine.
+func BenchmarkManyVMs(b *testing.B) {
+	if os.Getenv("VZ_SOAK_CYCLES") == "" && os.Getenv("VZ_MANY_VMS") == "" {
+		b.Skip("!!! make soak runs it (VZ_SOAK_CYCLES or VZ_MANY_VMS set)")
+	}
+	h := newHarness(b, runtimeCase{name: "vz", runtime: vzRuntime, vm: true})
+	var r manyResult
+	for b.Loop() {
+		r = manyVMs(b, h, manyVMCount(20))
+	}
+	fmt.Println(r)
+}
