@@ -901,7 +901,8 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	// The VM's last container, exited: the VM powers off with it, and
 	// the guest's delete (runc's, its mounts, its bundle) would only undo
 	// what goes with the VM. Its exit status is the one the shim has.
-	withVM := p.hasExited() && s.lastOf(c)
+	last := s.lastOf(c) // Create and Delete hold lifecycle: it stays so
+	withVM := p.hasExited() && last
 	if !sb.vmDead() && !withVM {
 		resp, err := sb.agent.Delete(ctx, r)
 		if err != nil && !sb.vmDead() {
@@ -920,12 +921,6 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	s.mu.Lock()
 	delete(s.containers, c.id)
-	last := true
-	for _, o := range s.containers {
-		if o.sb == sb {
-			last = false
-		}
-	}
 	if last && s.sb == sb {
 		s.sb = nil
 	}
