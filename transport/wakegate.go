@@ -124,32 +124,38 @@ func (e eofIsEnd) Read(p []byte) (int, error) {
 // AwaitIdleConn is the host's side while a template boots, on a
 // connection to the wake port: it reads the agent's IdleMark.
 func AwaitIdleConn(ctx context.Context, c net.Conn) error {
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	if err := AwaitIdle(c); err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("%w: %w", err, ctx.Err())
-		}
-		return err
-	}
-	return nil
+	return bounded(ctx, c, func() error { return AwaitIdle(c) })
 }
 
 // SendWake wakes a restored VM on a connection to its wake port: it waits
 // for the IdleMark, writes w and reads the agent's acknowledgement.
 func SendWake(ctx context.Context, c net.Conn, w Wake) error {
-	if err := AwaitIdleConn(ctx, c); err != nil {
-		return err
-	}
+	return bounded(ctx, c, func() error {
+		if err := AwaitIdle(c); err != nil {
+			return err
+		}
+		b, _ := w.MarshalBinary()
+		if _, err := c.Write(b); err != nil {
+			return fmt.Errorf("waking the restored agent: %w", err)
+		}
+		ack := make([]byte, len(wakeAck))
+		if _, err := io.ReadFull(c, ack); err != nil || string(ack) != wakeAck {
+			return fmt.Errorf("the restored agent did not take its wake (%q): %v", ack, err)
+		}
+		return nil
+	})
+}
+
+// bounded runs fn, which reads and writes c, until ctx ends: then c's
+// deadline passes, and fn's error says why.
+func bounded(ctx context.Context, c net.Conn, fn func() error) error {
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
-	b, _ := w.MarshalBinary()
-	if _, err := c.Write(b); err != nil {
-		return fmt.Errorf("waking the restored agent: %w", err)
-	}
-	ack := make([]byte, len(wakeAck))
-	if _, err := io.ReadFull(c, ack); err != nil || string(ack) != wakeAck {
-		return fmt.Errorf("the restored agent did not take its wake (%q): %v", ack, err)
+	if err := fn(); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: %w", err, ctx.Err())
+		}
+		return err
 	}
 	return nil
 }
