@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -103,13 +105,7 @@ func ConfigureDHCP(ctx context.Context, dir string, d *agentapi.Dhcp) error {
 		if err != nil {
 			return fmt.Errorf("dhcp: listing NICs: %w", err)
 		}
-		found := false
-		for _, l := range links {
-			if mac != nil && l.Attrs().HardwareAddr.String() == mac.String() {
-				found = true
-			}
-		}
-		if found {
+		if mac != nil && slices.ContainsFunc(links, func(l netlink.Link) bool { return bytes.Equal(l.Attrs().HardwareAddr, mac) }) {
 			break
 		}
 		name, err := sysinit.FirstNIC()
