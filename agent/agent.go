@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"sync"
@@ -43,6 +44,12 @@ type Config struct {
 	// Serving, when not nil, is called once Serve listens on every port:
 	// a template VM's agent says there that it is idle (transport.WakeConn).
 	Serving func()
+	// Hostile names the misbehaviour of the hostile test build (go build
+	// -tags hostile, the kernel's vz.hostile=); a release agent ignores it.
+	Hostile string
+	// Wire is the byte stream under the transport, if there is one (the
+	// serial port): the hostile build writes bad frames on it.
+	Wire io.Writer
 }
 
 // Agent serves one guest.
@@ -52,6 +59,7 @@ type Agent struct {
 	streams *streams
 	tasks   *taskService
 	ports   *portWatch
+	faults  *faults
 }
 
 // New makes an agent. The caller owns the process-wide reaper: it must set
@@ -66,8 +74,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	q := newEventQueue()
 	ss := newStreams()
+	ss.faults = newFaults(cfg)
 	a := &Agent{
 		cfg:     cfg,
+		faults:  ss.faults,
 		events:  q,
 		streams: ss,
 		ports:   newPortWatch("/proc/net", q),
@@ -98,6 +108,7 @@ func (a *Agent) Serve(ctx context.Context, lf transport.ListenerFactory) error {
 	if err != nil {
 		return fmt.Errorf("listening on control port: %w", err)
 	}
+	control = a.faults.listener(agentapi.PortControl, control)
 	stdioL, err := lf.Listen(agentapi.PortStdio)
 	if err != nil {
 		control.Close()
@@ -109,7 +120,11 @@ func (a *Agent) Serve(ctx context.Context, lf transport.ListenerFactory) error {
 		stdioL.Close()
 		return fmt.Errorf("listening on forward port: %w", err)
 	}
-	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(errorInterceptor))
+	interceptors := []ttrpc.UnaryServerInterceptor{errorInterceptor}
+	if i := a.faults.interceptor(); i != nil {
+		interceptors = append(interceptors, i)
+	}
+	srv, err := ttrpc.NewServer(ttrpc.WithChainUnaryServerInterceptor(interceptors...))
 	if err != nil {
 		control.Close()
 		stdioL.Close()
@@ -119,7 +134,7 @@ func (a *Agent) Serve(ctx context.Context, lf transport.ListenerFactory) error {
 	taskAPI.RegisterTTRPCTaskService(srv, a.tasks)
 	agentapi.RegisterSystemService(srv, &systemService{init: a.cfg.Init, ports: a.ports, boot: a.cfg.Boot, ctx: ctx})
 	agentapi.RegisterBundleService(srv, &bundleService{dir: filepath.Join(a.cfg.StateDir, "bundles"), tasks: a.tasks})
-	agentapi.RegisterEventsService(srv, &eventService{q: a.events})
+	agentapi.RegisterEventsService(srv, a.faults.events(&eventService{q: a.events}))
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
@@ -142,6 +157,7 @@ func (a *Agent) Serve(ctx context.Context, lf transport.ListenerFactory) error {
 			errc <- err
 		}
 	}()
+	a.faults.serving(ctx, lf)
 	a.cfg.Boot.Mark("serving")
 	log.G(ctx).Info("agent serving")
 	if a.cfg.Serving != nil {

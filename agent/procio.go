@@ -32,6 +32,8 @@ type procIO struct {
 	tty   console.Console
 	ttyF  *os.File // non-blocking duplicate of the terminal, for deadlines
 
+	faults *faults
+
 	mu      sync.Mutex
 	outputs []*os.File // what the output copiers read, for drain deadlines
 	copying sync.WaitGroup
@@ -42,7 +44,7 @@ type procIO struct {
 // newProcIO claims the named streams. In terminal mode the process gets its
 // terminal later, from runc's console socket (startTerminal).
 func newProcIO(ss *streams, stdinID, stdoutID, stderrID string, terminal bool, uid, gid int) (_ *procIO, retErr error) {
-	p := &procIO{}
+	p := &procIO{faults: ss.faults}
 	defer func() {
 		if retErr != nil {
 			p.close()
@@ -173,7 +175,7 @@ func (p *procIO) startOut(ctx context.Context, r *os.File, conn net.Conn) {
 				break
 			}
 		}
-		if w != nil {
+		if w != nil && !p.faults.outputEnded(w) {
 			_ = w.(halfCloser).CloseWrite()
 		}
 	}()

@@ -32,6 +32,8 @@ type halfCloser interface {
 // streams holds stdio connections between their handshake and the Create or
 // Exec call that claims them by id.
 type streams struct {
+	faults *faults
+
 	mu      sync.Mutex
 	pending map[string]*pendingStream
 }

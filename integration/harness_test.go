@@ -110,14 +110,19 @@ func (h *harness) finish() {
 		}
 		cancel()
 	}
-	if problems := h.d.checkLeaks(&h.base, leakTimeout); len(problems) > 0 {
-		tb.Errorf("leaked after the test (waited %s):\n  %s", leakTimeout, strings.Join(problems, "\n  "))
-		h.d.reap()
+	problems := h.d.checkLeaks(&h.base, leakTimeout)
+	if len(problems) > 0 {
+		tb.Fail()
 	}
 	if tb.Failed() {
 		var b strings.Builder
 		h.d.dumpLog(&b, h.logStart)
 		tb.Log(b.String())
+	}
+	// After the log, so that the end of the output says what leaked.
+	if len(problems) > 0 {
+		tb.Errorf("leaked after the test (waited %s):\n  %s", leakTimeout, strings.Join(problems, "\n  "))
+		h.d.reap()
 	}
 }
 

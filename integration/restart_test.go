@@ -10,6 +10,19 @@ import (
 	"time"
 )
 
+// end sends containerd sig and waits for its exit.
+func (d *daemon) end(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("containerd did not exit within 15s of %s", sig)
+	}
+}
+
 // startAgain starts containerd on its configuration; a restarted one logs on
 // in the same file, so that the log offsets of the harness stay valid. In
 // its own process group, and gone with the test binary if that dies.
@@ -56,14 +69,7 @@ func TestContainerdRestart(t *testing.T) {
 			victim = h.findQEMU(gone).pid
 		}
 
-		if err := h.d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-h.d.exited:
-		case <-time.After(15 * time.Second):
-			t.Fatal("containerd ignored SIGTERM")
-		}
+		h.d.end(t, syscall.SIGTERM)
 		// While containerd is down, the third task's VM (or init) dies.
 		if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
 			t.Fatalf("kill %d: %v", victim, err)

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -30,43 +31,14 @@ func (r soakResult) String() string {
 // loop devices, containerd's and the shims' state and files, network namespaces, taps.
 func soak(tb testing.TB, h *harness, n int) soakResult {
 	tb.Helper()
-	pid := h.d.cmd.Process.Pid
-	fds := func() int {
-		e, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
-		return len(e)
-	}
+	fds := h.d.openFiles
 	// A first run outside the count: a warm start's template, containerd's lazily opened files.
 	if r := h.ctr(h.runArgs(h.rmFlags(), h.newID("soak0"), "echo", "hi")...); r.code != 0 {
 		tb.Fatalf("first run: %s", r)
 	}
 	h.ids = h.ids[:0]
 	res := soakResult{cycles: n, fdsBefore: fds()}
-	var mu sync.Mutex
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			shims := 0
-			var rss int64
-			for _, p := range h.d.ownedProcs() {
-				if strings.Contains(p.cmdline, "containerd-shim-vz-v1") {
-					shims++
-					rss = max(rss, statusKiB(p.pid, "VmRSS"))
-				}
-			}
-			f := fds()
-			mu.Lock()
-			res.maxShimRSSKiB = max(res.maxShimRSSKiB, rss)
-			res.maxFDs = max(res.maxFDs, f)
-			res.shimsMax = max(res.shimsMax, shims)
-			mu.Unlock()
-		}
-	}()
+	peaks := h.samplePeaks(50 * time.Millisecond)
 	start := time.Now()
 	for i := range n {
 		r := h.ctr(h.runArgs(h.rmFlags(), h.newID("soak"), "echo", "hi")...)
@@ -78,11 +50,58 @@ func soak(tb testing.TB, h *harness, n int) soakResult {
 		h.ids = h.ids[:0] // only a failed cycle's id needs the harness's cleanup
 	}
 	res.took = time.Since(start)
-	close(stop)
-	<-done
+	res.maxShimRSSKiB, res.maxFDs, res.shimsMax = peaks.stop()
 	res.leaks = h.d.checkLeaks(&h.base, leakTimeout)
 	res.fdsAfter = fds()
 	return res
+}
+
+// peaks samples, until stop, the largest RSS of the harness's shims, the most files containerd
+// holds (fds) and the most shims at once.
+type peaks struct {
+	mu                sync.Mutex
+	shimRSSKiB        int64
+	fds, shims        int
+	stopped, finished chan struct{}
+}
+
+// openFiles is how many files containerd holds.
+func (d *daemon) openFiles() int {
+	e, _ := os.ReadDir("/proc/" + strconv.Itoa(d.cmd.Process.Pid) + "/fd")
+	return len(e)
+}
+
+func (h *harness) samplePeaks(every time.Duration) *peaks {
+	p := &peaks{stopped: make(chan struct{}), finished: make(chan struct{})}
+	go func() {
+		defer close(p.finished)
+		for {
+			select {
+			case <-p.stopped:
+				return
+			case <-time.After(every):
+			}
+			shims := 0
+			var rss int64
+			for _, pr := range h.d.ownedProcs() {
+				if strings.Contains(pr.cmdline, "containerd-shim-vz-v1") {
+					shims++
+					rss = max(rss, statusKiB(pr.pid, "VmRSS"))
+				}
+			}
+			f := h.d.openFiles()
+			p.mu.Lock()
+			p.shimRSSKiB, p.fds, p.shims = max(p.shimRSSKiB, rss), max(p.fds, f), max(p.shims, shims)
+			p.mu.Unlock()
+		}
+	}()
+	return p
+}
+
+func (p *peaks) stop() (shimRSSKiB int64, fds, shims int) {
+	close(p.stopped)
+	<-p.finished
+	return p.shimRSSKiB, p.fds, p.shims
 }
 
 // statusKiB reads a KiB field of /proc/<pid>/status; 0 when the process is gone.
@@ -247,4 +266,126 @@ func BenchmarkManyVMs(b *testing.B) {
 		r = manyVMs(b, h, manyVMCount(20))
 	}
 	fmt.Println(r)
+}
+
+// stormResult is what storm measured.
+type stormResult struct {
+	workers, cycles, failed int
+	leaks                   []string
+	maxShimRSSKiB           int64
+	fdsBefore, maxFDs       int
+	fdsAfter                int
+	took                    time.Duration
+}
+
+func (r stormResult) String() string {
+	return fmt.Sprintf("%d workers for %s: %d cycles (run -d, exec, kill, delete), %d failed, leaks found %d, max shim RSS %.1f MiB, containerd fds %d before, %d max, %d after",
+		r.workers, r.took.Round(time.Second), r.cycles, r.failed, len(r.leaks), float64(r.maxShimRSSKiB)/1024, r.fdsBefore, r.maxFDs, r.fdsAfter)
+}
+
+// storm runs workers loops side by side for d, each cycle `ctr run -d … sleep`, an exec that must
+// answer, SIGKILL, and the deletes, then looks for leaks as soak does.
+func storm(tb testing.TB, h *harness, workers int, d time.Duration) stormResult {
+	tb.Helper()
+	fds := h.d.openFiles
+	res := stormResult{workers: workers, fdsBefore: fds()}
+	peaks := h.samplePeaks(100 * time.Millisecond)
+	var mu sync.Mutex
+	ctr := func(args ...string) (result, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), ctrTimeout)
+		defer cancel()
+		return h.d.ctr(ctx, nil, args...)
+	}
+	fail := func(format string, args ...any) {
+		mu.Lock()
+		res.failed++
+		mu.Unlock()
+		tb.Errorf(format, args...)
+	}
+	idCounter++
+	run := idCounter
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(deadline); i++ {
+				id := fmt.Sprintf("storm-%d-%d-%d", run, w, i)
+				if r, err := ctr(h.runArgs(detached(), id, "sleep", "600")...); err != nil || r.code != 0 {
+					fail("worker %d: run %s: %v %s", w, id, err, r)
+					ctr("containers", "delete", id)
+					continue
+				}
+				if r, err := ctr("tasks", "exec", "--exec-id", "storm", id, "echo", id); err != nil || r.code != 0 || strings.TrimSpace(r.stdout) != id {
+					fail("worker %d: exec in %s: %v %s", w, id, err, r)
+				}
+				if r, err := ctr("tasks", "kill", "--signal", "SIGKILL", id); err != nil || r.code != 0 {
+					fail("worker %d: kill %s: %v %s", w, id, err, r)
+				}
+				// delete --force waits for the exit the kill brings.
+				if r, err := ctr("tasks", "delete", "--force", id); err != nil || r.code != 0 {
+					fail("worker %d: delete %s: %v %s", w, id, err, r)
+				}
+				if r, err := ctr("containers", "delete", id); err != nil || r.code != 0 {
+					fail("worker %d: delete container %s: %v %s", w, id, err, r)
+				}
+				mu.Lock()
+				res.cycles++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	res.took = time.Since(start)
+	res.maxShimRSSKiB, res.maxFDs, _ = peaks.stop()
+	res.leaks = h.d.checkLeaks(&h.base, leakTimeout)
+	res.fdsAfter = fds()
+	return res
+}
+
+// stormTime is VZ_STORM, else def.
+func stormTime(def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("VZ_STORM")); err == nil && d > 0 {
+		return d
+	}
+	return def
+}
+
+// TestStormShort: make test's short storm: 8 workers of run, exec, kill and delete side by side
+// for 40 s; every call answers, and nothing is left.
+func TestStormShort(t *testing.T) {
+	h := newHarness(t, runtimeCase{name: "vz", runtime: vzRuntime, vm: true})
+	r := storm(t, h, 8, stormTime(40*time.Second))
+	t.Logf("storm: %s", r)
+	if len(r.leaks) > 0 {
+		t.Errorf("leaked after the storm:\n  %s", strings.Join(r.leaks, "\n  "))
+	}
+	if r.cycles == 0 {
+		t.Error("no cycle finished")
+	}
+	if r.fdsAfter > r.fdsBefore {
+		t.Errorf("containerd holds %d files after the storm, %d before", r.fdsAfter, r.fdsBefore)
+	}
+}
+
+// BenchmarkStorm is make soak's storm: 8 workers for VZ_STORM (10m).
+func BenchmarkStorm(b *testing.B) {
+	if os.Getenv("VZ_STORM") == "" {
+		b.Skip("!!! make soak runs it (VZ_STORM set)")
+	}
+	h := newHarness(b, runtimeCase{name: "vz", runtime: vzRuntime, vm: true})
+	var r stormResult
+	for b.Loop() {
+		r = storm(b, h, 8, stormTime(10*time.Minute))
+	}
+	fmt.Printf("storm (8 × ctr run -d, exec, kill, delete, vz):\n%-9s %-7s %-7s %-12s %-14s %-18s\n", "time", "cycles", "failed", "leaks found", "max shim RSS", "max containerd fds")
+	fmt.Printf("%-9s %-7d %-7d %-12d %-14s %-18d\n", r.took.Round(time.Second), r.cycles, r.failed, len(r.leaks), fmt.Sprintf("%.1f MiB", float64(r.maxShimRSSKiB)/1024), r.maxFDs)
+	for _, l := range r.leaks {
+		fmt.Println("  leak:", l)
+	}
+	if len(r.leaks) > 0 || r.failed > 0 || r.fdsAfter > r.fdsBefore {
+		b.Errorf("storm: %s", r)
+	}
 }

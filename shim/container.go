@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -43,6 +45,7 @@ type hostProcess struct {
 	mu       sync.Mutex
 	pid      uint32 // what containerd sees (container.hostPid)
 	guestPid uint32
+	started  bool
 	exited   chan struct{}
 	status   uint32
 	exitedAt time.Time
@@ -60,6 +63,30 @@ func (p *hostProcess) exit(status uint32, at time.Time) bool {
 	p.status, p.exitedAt = status, at
 	close(p.exited)
 	return true
+}
+
+func (p *hostProcess) markStarted() {
+	p.mu.Lock()
+	p.started = true
+	p.mu.Unlock()
+}
+
+// ownState is the process's state as the shim knows it, for a guest that
+// does not answer: created or running until its exit is known; nil once it
+// is (State answers an exited process from its result).
+func (p *hostProcess) ownState() *taskAPI.StateResponse {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
+	st := task.Status_CREATED
+	if p.started {
+		st = task.Status_RUNNING
+	}
+	return &taskAPI.StateResponse{Status: st, Stdin: p.stdin, Stdout: p.stdout, Stderr: p.stderr, Terminal: p.terminal}
 }
 
 func (p *hostProcess) result() (uint32, time.Time) {

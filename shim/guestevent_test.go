@@ -1,12 +1,17 @@
 package shim
 
 import (
+	"bytes"
+	"context"
+	"strings"
 	"testing"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/v2/core/runtime"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
+	"github.com/sirupsen/logrus"
 	"google.golang.org/protobuf/proto"
 
 	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
@@ -109,4 +114,23 @@ func mustAny(tb testing.TB, m proto.Message) typeurl.Any {
 		tb.Fatal(err)
 	}
 	return a
+}
+
+// TestDropLogBounded: a guest that sends nothing but forged events gets a
+// few log lines, not one per event (the shim's log is containerd's).
+func TestDropLogBounded(t *testing.T) {
+	var buf bytes.Buffer
+	l := logrus.New()
+	l.Out = &buf
+	ctx := log.WithLogger(context.Background(), logrus.NewEntry(l))
+	var d dropLog
+	for i := 0; i < 100000; i++ {
+		d.log(ctx, "/tasks/exit", errdefs.ErrPermissionDenied)
+	}
+	if n := strings.Count(buf.String(), "\n"); n < dropLogFirst || n > dropLogFirst+1 {
+		t.Errorf("%d log lines for 100000 dropped events, want %d or %d", n, dropLogFirst, dropLogFirst+1)
+	}
+	if d.n != 100000 {
+		t.Errorf("counted %d drops", d.n)
+	}
 }

@@ -71,11 +71,50 @@ func (sb *sandbox) agentErr(err error) error {
 	if err == nil {
 		return nil
 	}
+	if errors.Is(err, ttrpc.ErrClosed) {
+		// The connection goes first when the guest dies: its VMM's exit
+		// says why.
+		select {
+		case <-sb.machine.Done():
+		case <-time.After(vmExitWait):
+		}
+	}
 	if sb.vmDead() {
 		return fmt.Errorf("the task's VM is gone (%v): %w", sb.machine.Err(), errdefs.ErrNotFound)
 	}
+	if errors.Is(err, ttrpc.ErrClosed) {
+		return fmt.Errorf("the connection to the task's VM was lost: %w", errdefs.ErrUnavailable)
+	}
 	return errgrpc.ToNative(err)
 }
+
+// deleteInGuest is the agent's Delete of a process, bounded by
+// guestAnswerTimeout.
+func (sb *sandbox) deleteInGuest(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	actx, cancel := context.WithTimeout(ctx, guestAnswerTimeout)
+	defer cancel()
+	resp, err := sb.agent.Delete(actx, r)
+	return resp, sb.answerErr(ctx, actx, err)
+}
+
+// answerErr is agentErr for a call bounded by actx (a child of ctx): a
+// guest that let actx's time pass gets an error that says so.
+func (sb *sandbox) answerErr(ctx, actx context.Context, err error) error {
+	if silent(ctx, actx) && !sb.vmDead() {
+		return fmt.Errorf("the guest did not answer within %s: %w", guestAnswerTimeout, context.DeadlineExceeded)
+	}
+	return sb.agentErr(err)
+}
+
+// silent tells whether a call bounded by actx ran out of its time, and not
+// because the caller's ctx ended.
+func silent(ctx, actx context.Context) bool {
+	return ctx.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded)
+}
+
+// vmExitWait is how long an error of a lost connection waits for the VMM's
+// exit, which tells the cause.
+const vmExitWait = 2 * time.Second
 
 // vmmPid is the VMM's host pid, 0 when the VM runs in the shim (VZ).
 func (sb *sandbox) vmmPid() uint32 {
@@ -123,9 +162,14 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 		// A restored agent that never answers: the next task must not
 		// restore the same template.
 		sb.warm.discard(ctx, err)
-		return fmt.Errorf("waiting for the agent: %w%s", err, consoleTail(sb.console))
+		tail := consoleTail(sb.console)
+		if tail == "" && sb.warm == nil {
+			// Not a line from the kernel: it never ran.
+			tail = fmt.Sprintf(" (the guest printed nothing on its console: is %s a %s kernel?)", opts.Kernel, opts.Arch)
+		}
+		return fmt.Errorf("waiting for the agent: %w%s", err, tail)
 	}
-	sb.client = ttrpc.NewClient(conn)
+	sb.client = ttrpc.NewClient(conn, ttrpc.WithOnClose(sb.agentLost))
 	sb.agent = taskAPI.NewTTRPCTaskClient(sb.client)
 	sb.bundles = agentapi.NewBundleClient(sb.client)
 	sb.sys = agentapi.NewSystemClient(sb.client)
@@ -259,6 +303,10 @@ func (sb *sandbox) syncClock() {
 // the VM is gone. now: the agent powers off though last was not deleted in
 // the guest (its init exited; Delete).
 func (sb *sandbox) stop(ctx context.Context, last *container, now bool) {
+	// Whatever the caller does meanwhile (containerd killed during a
+	// Delete cancels it), what was made for the VM goes: a CNI DEL cut
+	// short would leave the network's iptables rules behind.
+	ctx = context.WithoutCancel(ctx)
 	sb.mu.Lock()
 	sb.stopped = true
 	sb.mu.Unlock()
@@ -316,6 +364,30 @@ func (sb *sandbox) stop(ctx context.Context, last *container, now bool) {
 	os.RemoveAll(filepath.Join(sb.bundle, "vm"))
 	if !sb.keepConsole {
 		os.Remove(sb.console)
+	}
+}
+
+// agentLost runs when the connection to the agent closes. Unless the shim
+// stopped the VM, the guest broke it (a bad frame, a transport it closed):
+// nothing can reach the containers any more, and the VM is stopped so that
+// their exits reach containerd (watchVM) rather than every call failing on
+// a VM that runs on.
+func (sb *sandbox) agentLost() {
+	if sb.isStopped() || sb.vmDead() {
+		return
+	}
+	sb.hung(context.Background(), "the connection to the agent was lost")
+}
+
+// hung stops a VM whose guest cannot be reached or does not answer, without
+// the agent's help. It is not a stop on purpose: watchVM reports every
+// process in it as exited (vmDeadStatus).
+func (sb *sandbox) hung(ctx context.Context, why string) {
+	log.G(ctx).WithField("id", sb.id).Errorf("%s: stopping the VM%s", why, consoleTail(sb.console))
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+	defer cancel()
+	if err := sb.machine.Stop(sctx); err != nil {
+		log.G(ctx).WithError(err).WithField("id", sb.id).Warn("stopping the VM")
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
@@ -47,6 +48,16 @@ const (
 	// clockSyncInterval is how often the guest clock is stepped to the
 	// host's.
 	clockSyncInterval = time.Minute
+	// guestAnswerTimeout is how long the agent has to answer a short call
+	// (State, Kill, Pids, Stats, Update, Pause, Resume, ResizePty, the
+	// Delete of a process): a guest that does not is hung, or lies. The
+	// call fails (DeadlineExceeded), but a SIGKILL stops the VM, which kills
+	// every process in it (SIGKILL always works, as on a host).
+	guestAnswerTimeout = 10 * time.Second
+	// stateAnswerTimeout is the guest's time to answer State, within
+	// containerd's own bound on it; a silent guest's task gets the shim's
+	// view (hostProcess.ownState).
+	stateAnswerTimeout = 1500 * time.Millisecond
 )
 
 // NewTaskService is the shim's task service: containerd's task API, served
@@ -536,6 +547,7 @@ func (s *service) forwardEvents(sb *sandbox) {
 		log.G(ctx).WithError(err).Error("subscribing to the agent's events")
 		return
 	}
+	var dropped dropLog
 	for {
 		env, err := stream.Recv()
 		if err != nil {
@@ -546,7 +558,7 @@ func (s *service) forwardEvents(sb *sandbox) {
 		}
 		v, err := typeurl.UnmarshalAny(env.Event)
 		if err != nil {
-			log.G(ctx).WithError(err).WithField("topic", env.Topic).Warn("undecodable agent event")
+			dropped.log(ctx, env.Topic, fmt.Errorf("undecodable: %w", err))
 			continue
 		}
 		switch v.(type) {
@@ -556,7 +568,7 @@ func (s *service) forwardEvents(sb *sandbox) {
 			continue
 		}
 		if err := s.checkGuestEvent(env.Topic, v); err != nil {
-			log.G(ctx).WithError(err).WithField("topic", env.Topic).Warn("dropping an agent event")
+			dropped.log(ctx, env.Topic, err)
 			continue
 		}
 		switch e := v.(type) {
@@ -573,9 +585,7 @@ func (s *service) forwardEvents(sb *sandbox) {
 			}
 			if c, err := s.task(e.ContainerID); err == nil {
 				if p, err := c.process(execID); err == nil {
-					dctx, cancel := context.WithTimeout(ctx, exitDrainTimeout)
-					p.io.wait(dctx)
-					cancel()
+					p.io.drain(ctx, exitDrainTimeout)
 					p.exit(e.ExitStatus, protobuf.FromTimestamp(e.ExitedAt))
 					e.Pid, _ = p.pids()
 					if execID == "" && c.id == sb.id {
@@ -589,6 +599,34 @@ func (s *service) forwardEvents(sb *sandbox) {
 			}
 		}
 		s.publish(ctx, env.Topic, v)
+	}
+}
+
+// dropLog logs the events the shim drops, boundedly: a guest that sends
+// nothing but forged events must not fill containerd's log, which the
+// shim's log goes to. The first few are logged each, then one line per
+// dropLogEvery with the count.
+type dropLog struct {
+	n, since int
+	last     time.Time
+}
+
+const (
+	dropLogFirst = 10
+	dropLogEvery = 10 * time.Second
+)
+
+func (d *dropLog) log(ctx context.Context, topic string, err error) {
+	d.n++
+	if d.n <= dropLogFirst {
+		log.G(ctx).WithError(err).WithField("topic", topic).Warn("dropping an agent event")
+		d.last = time.Now()
+		return
+	}
+	d.since++
+	if time.Since(d.last) >= dropLogEvery {
+		log.G(ctx).WithError(err).WithFields(log.Fields{"topic": topic, "dropped": d.since, "total": d.n}).Warn("dropping agent events (the last of them)")
+		d.since, d.last = 0, time.Now()
 	}
 }
 
@@ -696,15 +734,20 @@ func (s *service) vmDeadExit(ctx context.Context, c *container, p *hostProcess, 
 
 // forward sends one call to the agent of task id; errors come back in
 // their errdefs classes.
-func forward[R any](s *service, id string, call func(agent taskAPI.TTRPCTaskService) (R, error)) (R, error) {
+//
+// The guest has guestAnswerTimeout to answer: these calls are short, and
+// one a guest never answers must not hold containerd's caller for ever.
+func forward[R any](ctx context.Context, s *service, id string, call func(ctx context.Context, agent taskAPI.TTRPCTaskService) (R, error)) (R, error) {
 	var none R
 	c, err := s.task(id)
 	if err != nil {
 		return none, errgrpc.ToGRPC(err)
 	}
-	resp, err := call(c.sb.agent)
+	actx, cancel := context.WithTimeout(ctx, guestAnswerTimeout)
+	defer cancel()
+	resp, err := call(actx, c.sb.agent)
 	if err != nil {
-		return none, errgrpc.ToGRPC(c.sb.agentErr(err))
+		return none, errgrpc.ToGRPC(c.sb.answerErr(ctx, actx, err))
 	}
 	return resp, nil
 }
@@ -753,6 +796,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, errgrpc.ToGRPC(c.sb.agentErr(err))
 	}
 	p.setPids(c.hostPid(r.ExecID, resp.Pid), resp.Pid)
+	p.markStarted()
 	resp.Pid, _ = p.pids()
 	if r.ExecID == "" && c.id == c.sb.id {
 		c.sb.trace.mark(ctx, phaseStarted)
@@ -804,8 +848,18 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	sb := c.sb
 	var resp *taskAPI.StateResponse
 	if !sb.vmDead() {
-		resp, err = sb.agent.State(ctx, r)
-		if err != nil && !sb.vmDead() {
+		actx, cancel := context.WithTimeout(ctx, stateAnswerTimeout)
+		resp, err = sb.agent.State(actx, r)
+		cancel()
+		switch {
+		case err == nil || sb.vmDead():
+		case silent(ctx, actx):
+			// containerd gives State 2 s (io.containerd.timeout.task.state)
+			// and fails every call on the task without it, Kill included:
+			// the shim answers with what it knows.
+			log.G(ctx).WithField("id", r.ID).Warnf("the guest did not answer State within %s: answering with the shim's view", stateAnswerTimeout)
+			resp = p.ownState()
+		default:
 			return nil, errgrpc.ToGRPC(sb.agentErr(err))
 		}
 	}
@@ -850,9 +904,7 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	case res := <-agentc:
 		if res.err == nil {
 			// Exit ordering: the output reaches containerd first.
-			dctx, cancel := context.WithTimeout(ctx, exitDrainTimeout)
-			p.io.wait(dctx)
-			cancel()
+			p.io.drain(ctx, exitDrainTimeout)
 			p.exit(res.resp.ExitStatus, protobuf.FromTimestamp(res.resp.ExitedAt))
 		} else if !p.hasExited() {
 			if !sb.vmDead() {
@@ -883,8 +935,8 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	sb := c.sb
 	if r.ExecID != "" {
 		if !sb.vmDead() {
-			if _, err := sb.agent.Delete(ctx, r); err != nil && !sb.vmDead() {
-				return nil, errgrpc.ToGRPC(sb.agentErr(err))
+			if _, err := sb.deleteInGuest(ctx, r); err != nil && !sb.vmDead() {
+				return nil, errgrpc.ToGRPC(err)
 			}
 		}
 		p.io.close()
@@ -904,9 +956,9 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	last := s.lastOf(c) // Create and Delete hold lifecycle: it stays so
 	withVM := p.hasExited() && last
 	if !sb.vmDead() && !withVM {
-		resp, err := sb.agent.Delete(ctx, r)
+		resp, err := sb.deleteInGuest(ctx, r)
 		if err != nil && !sb.vmDead() {
-			return nil, errgrpc.ToGRPC(sb.agentErr(err))
+			return nil, errgrpc.ToGRPC(err)
 		}
 		if resp != nil {
 			p.exit(resp.ExitStatus, protobuf.FromTimestamp(resp.ExitedAt))
@@ -928,7 +980,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if last {
 		sb.stop(ctx, c, withVM)
 	} else {
-		c.cleanup(ctx)
+		c.cleanup(context.WithoutCancel(ctx))
 	}
 	status, at := p.result()
 	pid, _ := p.pids()
@@ -945,7 +997,9 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 // Pids lists the guest's processes of the task, the init process under the
 // pid containerd knows it by (hostPid).
 func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
-	resp, err := forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*taskAPI.PidsResponse, error) { return a.Pids(ctx, r) })
+	resp, err := forward(ctx, s, r.ID, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*taskAPI.PidsResponse, error) {
+		return a.Pids(ctx, r)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -961,11 +1015,11 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 }
 
 func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
-	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Pause(ctx, r) })
+	return forward(ctx, s, r.ID, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Pause(ctx, r) })
 }
 
 func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
-	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Resume(ctx, r) })
+	return forward(ctx, s, r.ID, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Resume(ctx, r) })
 }
 
 func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
@@ -974,12 +1028,32 @@ func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 
 // Kill of a task whose VM died finds the process finished, like the runc
 // shim for a process that exited (agentErr).
+//
+// A SIGKILL the agent does not answer in guestAnswerTimeout stops the VM:
+// the processes die with it (watchVM reports their exits) and the call
+// succeeds, as a SIGKILL of a process does.
 func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
-	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Kill(ctx, r) })
+	if r.Signal != uint32(syscall.SIGKILL) {
+		return forward(ctx, s, r.ID, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Kill(ctx, r) })
+	}
+	c, err := s.task(r.ID)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	kctx, cancel := context.WithTimeout(ctx, guestAnswerTimeout)
+	defer cancel()
+	resp, err := c.sb.agent.Kill(kctx, r)
+	if err == nil || !silent(ctx, kctx) {
+		return resp, errgrpc.ToGRPC(c.sb.agentErr(err))
+	}
+	c.sb.hung(ctx, fmt.Sprintf("no answer to SIGKILL of %s in %s", r.ID, guestAnswerTimeout))
+	return &emptypb.Empty{}, nil
 }
 
 func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
-	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.ResizePty(ctx, r) })
+	return forward(ctx, s, r.ID, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) {
+		return a.ResizePty(ctx, r)
+	})
 }
 
 // CloseIO ends stdin after the bytes already sent: the copy to the guest
@@ -996,11 +1070,13 @@ func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*empt
 }
 
 func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Update(ctx, r) })
+	return forward(ctx, s, r.ID, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Update(ctx, r) })
 }
 
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
-	return forward(s, r.ID, func(a taskAPI.TTRPCTaskService) (*taskAPI.StatsResponse, error) { return a.Stats(ctx, r) })
+	return forward(ctx, s, r.ID, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*taskAPI.StatsResponse, error) {
+		return a.Stats(ctx, r)
+	})
 }
 
 func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {

@@ -322,8 +322,8 @@ func (w *sharedWriter) Close() error {
 }
 
 // wait returns once the output has reached containerd's side, or when ctx
-// ends.
-func (h *hostIO) wait(ctx context.Context) {
+// ends; it reports whether the output ended.
+func (h *hostIO) wait(ctx context.Context) bool {
 	done := make(chan struct{})
 	go func() {
 		h.copying.Wait()
@@ -331,7 +331,24 @@ func (h *hostIO) wait(ctx context.Context) {
 	}()
 	select {
 	case <-done:
+		return true
 	case <-ctx.Done():
+		return false
+	}
+}
+
+// drain is the end of an exited process's output: it waits for the
+// streams to end, for at most timeout (exitDrainTimeout), and then cuts them. The
+// guest ends them at the process's exit (the agent stops reading a pipe
+// that stays open after it, drainIdle); one that goes on sending would
+// otherwise hold containerd's readers (ctr waits for the end of the output
+// before it deletes the task) for ever.
+func (h *hostIO) drain(ctx context.Context, timeout time.Duration) {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if !h.wait(dctx) && ctx.Err() == nil {
+		log.G(ctx).Warnf("the guest did not end the output of an exited process within %s: cut", timeout)
+		h.close()
 	}
 }
 

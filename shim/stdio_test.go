@@ -190,3 +190,62 @@ func TestHostIOFileAndBinary(t *testing.T) {
 		t.Errorf("logging binary wrote %q", b)
 	}
 }
+
+// TestHostIODrainCut: output the guest never ends is cut once the drain
+// timeout after the exit has passed, so that containerd's readers end.
+func TestHostIODrainCut(t *testing.T) {
+	ctx := context.Background()
+	h, c, logFile := logToFile(t)
+	sent := make(chan error, 1)
+	go func() {
+		zeros := make([]byte, 4096)
+		for {
+			if _, err := c.Write(zeros); err != nil {
+				sent <- err
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	h.drain(ctx, 200*time.Millisecond)
+	if took := time.Since(start); took < 200*time.Millisecond || took > 5*time.Second {
+		t.Errorf("drain of endless output returned after %s, want about 200ms", took)
+	}
+	select {
+	case <-sent:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the guest's stream was not cut")
+	}
+	if fi, err := os.Stat(logFile); err != nil || fi.Size() == 0 {
+		t.Errorf("the output before the cut did not reach the log: %v", err)
+	}
+	if !h.wait(ctx) {
+		t.Error("copying goes on after the cut")
+	}
+}
+
+// TestHostIODrainEnds: output that ends is not cut.
+func TestHostIODrainEnds(t *testing.T) {
+	ctx := context.Background()
+	h, c, logFile := logToFile(t)
+	io.WriteString(c, "all of it\n")
+	c.(transport.Conn).CloseWrite()
+	h.drain(ctx, 10*time.Second)
+	h.close()
+	if b, _ := os.ReadFile(logFile); string(b) != "all of it\n" {
+		t.Errorf("log %q", b)
+	}
+}
+
+// logToFile opens the stdio of a process whose stdout goes to a file:// log,
+// and returns it, the guest's end of the stdout stream, and the log's path.
+func logToFile(t *testing.T) (*hostIO, net.Conn, string) {
+	t.Helper()
+	tr, streams := fakeAgent(t)
+	logFile := filepath.Join(t.TempDir(), "log")
+	h, err := openIO(context.Background(), tr, "c", "ns", "", "file://"+logFile, "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, <-streams, logFile
+}

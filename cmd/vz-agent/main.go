@@ -104,12 +104,14 @@ func runInit() error {
 		}
 		boot.Mark("network")
 	}
-	lf, idle, closeT, err := guestTransport(ctx, cmdline)
+	cfg := agent.Config{StateDir: "/run/vz-agent", Init: true, Boot: boot}
+	// Honoured only by the hostile test build (go build -tags hostile).
+	cfg.Hostile, _ = cmdline.Get("vz.hostile")
+	lf, idle, closeT, err := guestTransport(ctx, cmdline, &cfg)
 	if err != nil {
 		return err
 	}
 	defer closeT()
-	cfg := agent.Config{StateDir: "/run/vz-agent", Init: true, Boot: boot}
 	if idle != nil {
 		cfg.Serving = func() {
 			if err := idle(); err != nil {
@@ -130,7 +132,8 @@ func runInit() error {
 // vz.transport=vsock, or vz.transport=serial with vz.port=<virtio port name>
 // (a yamux multiplexer over the virtio-serial port). With vz.template=1 the
 // agent waits to be woken (DESIGN.md §11): idle says when it may be saved.
-func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (lf transport.ListenerFactory, idle func() error, closeT func(), err error) {
+// The serial port becomes cfg.Wire.
+func guestTransport(ctx context.Context, cmdline sysinit.Cmdline, cfg *agent.Config) (lf transport.ListenerFactory, idle func() error, closeT func(), err error) {
 	template := false
 	if v, _ := cmdline.Get("vz.template"); v == "1" {
 		template = true
@@ -164,6 +167,7 @@ func guestTransport(ctx context.Context, cmdline sysinit.Cmdline) (lf transport.
 			return nil, nil, nil, fmt.Errorf("opening %s: %w", dev, err)
 		}
 		var port io.ReadWriteCloser = f
+		cfg.Wire = f
 		if template {
 			wc := transport.NewWakeConn(f, onWake)
 			port, idle = wc, wc.Idle
