@@ -17,7 +17,8 @@
 #                (needs root)
 #   bench        benchmarks: numbers side by side, no assertions (needs root)
 #   fuzz         every fuzz target for FUZZTIME (10s) each; make test runs it too
-#   soak         SOAK_CYCLES (200) ctr run --rm cycles with vz, then a table of leaks and peaks
+#   soak         SOAK_CYCLES (200) ctr run --rm cycles, SOAK_VMS (20) VMs at once, a STORM (10m) of 8
+#                parallel run/exec/kill loops, BIG_OUTPUT (10G) of stdout, with vz: leaks and peaks
 #   clean        remove _output/
 #   crictl       crictl and critest v1.37.0 (and ginkgo) from the module proxy into _output/crictl/bin/
 #   nerdctl      nerdctl v2.2.1 from ../shared/third_party into _output/nerdctl/bin/
@@ -117,15 +118,16 @@ test:
 
 # The long soak: SOAK_CYCLES create/start/delete cycles of ctr run --rm with vz, then the table
 # (cycles, failed, leaks found, max shim RSS, max containerd fds), and SOAK_VMS VMs at once (QEMU
-# RSS and guest memory per idle VM), and STORM of 8 workers running, exec'ing into, killing and
-# deleting tasks side by side. make test runs 20 cycles, 6 VMs and a 40 s storm (TestSoakShort,
-# TestManyVMsShort, TestStormShort).
+# RSS and guest memory per idle VM), STORM of 8 workers running, exec'ing into, killing and
+# deleting tasks side by side, and one task writing BIG_OUTPUT to its stdout. make test runs 20
+# cycles, 6 VMs and a 40 s storm (TestSoakShort, TestManyVMsShort, TestStormShort).
 SOAK_CYCLES ?= 200
 SOAK_VMS ?= 20
 STORM ?= 10m
+BIG_OUTPUT ?= 10G
 .PHONY: soak
 soak: build containerd cni guest
-	VZ_SOAK_CYCLES=$(SOAK_CYCLES) VZ_MANY_VMS=$(SOAK_VMS) VZ_STORM=$(STORM) $(GO) test -run '^$$' -bench '^Benchmark(Soak|ManyVMs|Storm)$$' -benchtime 1x -count 1 -timeout 120m ./integration/
+	VZ_SOAK_CYCLES=$(SOAK_CYCLES) VZ_MANY_VMS=$(SOAK_VMS) VZ_STORM=$(STORM) VZ_BIG_OUTPUT=$(BIG_OUTPUT) $(GO) test -run '^$$' -bench '^Benchmark(Soak|ManyVMs|Storm|BigOutput)$$' -benchtime 1x -count 1 -timeout 120m ./integration/
 
 # Every fuzz target for FUZZTIME each (the seed corpora also run as plain tests in make test).
 FUZZTIME ?= 10s

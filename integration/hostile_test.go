@@ -83,13 +83,13 @@ func hostileHarness(t *testing.T, mode string) *harness {
 
 // shimPeak watches the peak memory of the shims of the harness's containerd until stop.
 type shimPeak struct {
-	kib  atomic.Int64
-	stop chan struct{}
-	done chan struct{}
+	kib   atomic.Int64
+	stopc chan struct{}
+	done  chan struct{}
 }
 
 func (h *harness) watchShimPeak() *shimPeak {
-	p := &shimPeak{stop: make(chan struct{}), done: make(chan struct{})}
+	p := &shimPeak{stopc: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		t := time.NewTicker(50 * time.Millisecond)
@@ -103,7 +103,7 @@ func (h *harness) watchShimPeak() *shimPeak {
 				}
 			}
 			select {
-			case <-p.stop:
+			case <-p.stopc:
 				return
 			case <-t.C:
 			}
@@ -112,12 +112,17 @@ func (h *harness) watchShimPeak() *shimPeak {
 	return p
 }
 
+// stop ends the watch and returns the peak, in KiB.
+func (p *shimPeak) stop() int64 {
+	close(p.stopc)
+	<-p.done
+	return p.kib.Load()
+}
+
 // check stops the watch and fails the test if a shim went past shimMemoryBound.
 func (p *shimPeak) check(t *testing.T) {
 	t.Helper()
-	close(p.stop)
-	<-p.done
-	kib := p.kib.Load()
+	kib := p.stop()
 	if kib == 0 {
 		t.Errorf("no shim seen while the guest misbehaved")
 	}

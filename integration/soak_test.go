@@ -389,3 +389,35 @@ func BenchmarkStorm(b *testing.B) {
 		b.Errorf("storm: %s", r)
 	}
 }
+
+// BenchmarkBigOutput is make soak's: one task writes VZ_BIG_OUTPUT (10G) of zeros to its stdout,
+// which ctr reads to the end; the shim's peak memory must stay under shimMemoryBound.
+func BenchmarkBigOutput(b *testing.B) {
+	size := os.Getenv("VZ_BIG_OUTPUT")
+	if size == "" {
+		b.Skip("!!! make soak runs it (VZ_BIG_OUTPUT set)")
+	}
+	h := newHarness(b, runtimeCase{name: "vz", runtime: vzRuntime, vm: true})
+	var out countingWriter
+	var took time.Duration
+	var peak int64
+	for b.Loop() {
+		p := h.watchShimPeak()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		cmd := h.d.ctrCommand(ctx, h.runArgs(h.rmFlags(), h.newID("big-output"), "head", "-c", size, "/dev/zero")...)
+		cmd.Stdout = &out
+		start := time.Now()
+		err := cmd.Run()
+		took = time.Since(start)
+		cancel()
+		peak = p.stop()
+		if err != nil {
+			b.Fatalf("ctr run writing %s: %v", size, err)
+		}
+	}
+	fmt.Printf("big output (ctr run --rm … head -c %s /dev/zero, vz): %.2f GiB in %s (%.0f MiB/s), shim peak memory %.1f MiB\n",
+		size, float64(out.n.Load())/(1<<30), took.Round(time.Second), float64(out.n.Load())/(1<<20)/took.Seconds(), float64(peak)/1024)
+	if peak > shimMemoryBound {
+		b.Errorf("shim peak memory %d KiB, over %d KiB", peak, shimMemoryBound)
+	}
+}
