@@ -3,6 +3,8 @@ package shim
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -132,5 +134,45 @@ func TestDropLogBounded(t *testing.T) {
 	}
 	if d.n != 100000 {
 		t.Errorf("counted %d drops", d.n)
+	}
+}
+
+// TestAbandoned: a group's VM is abandoned only once every container's
+// bundle is gone; the bundle of the container that booted it goes when that
+// one is deleted, while the others run on.
+func TestAbandoned(t *testing.T) {
+	dir := t.TempDir()
+	first, joiner := filepath.Join(dir, "first"), filepath.Join(dir, "joiner")
+	for _, d := range []string{first, joiner} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sb := &sandbox{bundle: first}
+	s := &service{containers: map[string]*container{
+		"first":  {id: "first", bundle: first, sb: sb},
+		"joiner": {id: "joiner", bundle: joiner, sb: sb},
+	}}
+	if s.abandoned(sb) {
+		t.Error("abandoned with every bundle there")
+	}
+	// The first container deleted through the shim: containerd removes its bundle.
+	delete(s.containers, "first")
+	os.Remove(first)
+	if s.abandoned(sb) {
+		t.Error("abandoned while the joiner's bundle is there")
+	}
+	os.Remove(joiner)
+	if !s.abandoned(sb) {
+		t.Error("not abandoned with every bundle gone")
+	}
+	// No container left: the VM's own bundle counts.
+	s.containers = map[string]*container{}
+	if !s.abandoned(sb) {
+		t.Error("not abandoned with no container and the VM's bundle gone")
+	}
+	os.Mkdir(first, 0o700)
+	if s.abandoned(sb) {
+		t.Error("abandoned with no container but the VM's bundle there")
 	}
 }

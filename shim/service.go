@@ -665,14 +665,14 @@ func (s *service) watchVM(sb *sandbox) {
 // bundleCheck is how often a shim checks that its VM's bundle is there.
 const bundleCheck = 5 * time.Second
 
-// watchBundle ends the shim once the bundle of its VM is removed while it
-// runs: containerd cleaned the task up without deleting it through this
-// shim (a client that abandoned it; containerd's `delete` after a failed
-// call finds the shim alive and leaves it to clean up after itself), and
-// nobody will call this shim again. The VM is stopped, what the shim made
-// for its containers is removed, and the shim exits: no shim outlives the
-// bundle of its VM (the runc shim's rule, Shutdown with no task left, holds
-// too).
+// watchBundle ends the shim once the bundles of its VM's containers are
+// removed while it runs (abandoned): containerd cleaned the tasks up
+// without deleting them through this shim (a client that abandoned them;
+// containerd's `delete` after a failed call finds the shim alive and leaves
+// it to clean up after itself), and nobody will call this shim again. The
+// VM is stopped, what the shim made for its containers is removed, and the
+// shim exits: no shim outlives its tasks' bundles (the runc shim's rule,
+// Shutdown with no task left, holds too).
 func (s *service) watchBundle(sb *sandbox, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -680,14 +680,17 @@ func (s *service) watchBundle(sb *sandbox, every time.Duration) {
 		if sb.isStopped() {
 			return
 		}
-		if _, err := os.Stat(sb.bundle); !errors.Is(err, os.ErrNotExist) {
+		if !s.abandoned(sb) {
 			continue
 		}
 		ctx := namespaces.WithNamespace(context.Background(), sb.namespace)
 		s.lifecycle.Lock()
-		if sb.isStopped() {
+		if sb.isStopped() || !s.abandoned(sb) {
 			s.lifecycle.Unlock()
-			return
+			if sb.isStopped() {
+				return
+			}
+			continue
 		}
 		log.G(ctx).WithField("id", sb.id).Warn("the bundle of the task's VM was removed: stopping the VM, exiting")
 		s.mu.Lock()
@@ -710,6 +713,31 @@ func (s *service) watchBundle(sb *sandbox, every time.Duration) {
 		s.sd.Shutdown()
 		return
 	}
+}
+
+// abandoned tells whether every container of sb lost its bundle: then
+// containerd cleaned them up without this shim. In a group the VM's own
+// bundle is its first container's, which containerd removes when that one
+// is deleted (through the shim) while the others run on: one bundle left
+// is enough. With no container left, the VM's own bundle counts.
+func (s *service) abandoned(sb *sandbox) bool {
+	s.mu.Lock()
+	var bundles []string
+	for _, c := range s.containers {
+		if c.sb == sb {
+			bundles = append(bundles, c.bundle)
+		}
+	}
+	s.mu.Unlock()
+	if len(bundles) == 0 {
+		bundles = []string{sb.bundle}
+	}
+	for _, b := range bundles {
+		if _, err := os.Stat(b); !errors.Is(err, os.ErrNotExist) {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *service) vmDeadExit(ctx context.Context, c *container, p *hostProcess, at time.Time) {
