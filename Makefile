@@ -18,7 +18,7 @@
 #   bench        benchmarks: numbers side by side, no assertions (needs root)
 #   fuzz         every fuzz target for FUZZTIME (10s) each; make test runs it too
 #   soak         SOAK_CYCLES (200) ctr run --rm cycles, SOAK_VMS (20) VMs at once, a STORM (10m) of 8
-#                parallel run/exec/kill loops, BIG_OUTPUT (10G) of stdout, with vz: leaks and peaks
+#                parallel run/exec/kill loops, BIG_OUTPUT (10 GiB) of stdout, with vz: leaks and peaks
 #   clean        remove _output/
 #   crictl       crictl and critest v1.37.0 (and ginkgo) from the module proxy into _output/crictl/bin/
 #   nerdctl      nerdctl v2.2.1 from ../shared/third_party into _output/nerdctl/bin/
@@ -124,7 +124,7 @@ test:
 SOAK_CYCLES ?= 200
 SOAK_VMS ?= 20
 STORM ?= 10m
-BIG_OUTPUT ?= 10G
+BIG_OUTPUT ?= 10737418240
 .PHONY: soak
 soak: build containerd cni guest
 	VZ_SOAK_CYCLES=$(SOAK_CYCLES) VZ_MANY_VMS=$(SOAK_VMS) VZ_STORM=$(STORM) VZ_BIG_OUTPUT=$(BIG_OUTPUT) $(GO) test -run '^$$' -bench '^Benchmark(Soak|ManyVMs|Storm|BigOutput)$$' -benchtime 1x -count 1 -timeout 120m ./integration/

@@ -390,7 +390,7 @@ func BenchmarkStorm(b *testing.B) {
 	}
 }
 
-// BenchmarkBigOutput is make soak's: one task writes VZ_BIG_OUTPUT (10G) of zeros to its stdout,
+// BenchmarkBigOutput is make soak's: one task writes VZ_BIG_OUTPUT bytes (10 GiB) of zeros to its stdout,
 // which ctr reads to the end; the shim's peak memory must stay under shimMemoryBound.
 func BenchmarkBigOutput(b *testing.B) {
 	size := os.Getenv("VZ_BIG_OUTPUT")
@@ -417,6 +417,9 @@ func BenchmarkBigOutput(b *testing.B) {
 	}
 	fmt.Printf("big output (ctr run --rm … head -c %s /dev/zero, vz): %.2f GiB in %s (%.0f MiB/s), shim peak memory %.1f MiB\n",
 		size, float64(out.n.Load())/(1<<30), took.Round(time.Second), float64(out.n.Load())/(1<<20)/took.Seconds(), float64(peak)/1024)
+	if want, err := strconv.ParseInt(size, 10, 64); err != nil || out.n.Load() != want {
+		b.Errorf("ctr read %d bytes, want %s", out.n.Load(), size)
+	}
 	if peak > shimMemoryBound {
 		b.Errorf("shim peak memory %d KiB, over %d KiB", peak, shimMemoryBound)
 	}
