@@ -46,9 +46,25 @@ type daemon struct {
 	namespace string
 	snap      *snapDaemon // the vz snapshotter, when the snapshotter tests can run
 
-	cmd    *exec.Cmd
-	logf   *os.File
-	exited chan struct{} // closed when cmd has exited
+	cmd      *exec.Cmd
+	logf     *os.File
+	exited   chan struct{} // closed when cmd has exited
+	exitedAt time.Time     // set before exited is closed
+}
+
+// trouble says what is wrong with the suite's containerd, "" when it runs and has its socket:
+// a test must not take a containerd that went away for its own failure.
+func (d *daemon) trouble() string {
+	select {
+	case <-d.exited:
+		return fmt.Sprintf("containerd (pid %d) exited at %s: %v", d.cmd.Process.Pid, d.exitedAt.Format("15:04:05.000"), d.cmd.ProcessState)
+	default:
+	}
+	if _, err := os.Stat(d.address); err != nil {
+		_, dirErr := os.Stat(d.dir)
+		return fmt.Sprintf("containerd (pid %d) runs, but its socket is gone: %v (its directory: %v)", d.cmd.Process.Pid, err, dirErr)
+	}
+	return ""
 }
 
 // tempBase is where the temporary directory goes: the shim manager's socket_dir must be at most

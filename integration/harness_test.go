@@ -84,9 +84,31 @@ func newHarness(tb testing.TB, rt runtimeCase) *harness {
 		tb.Skip(skipPrefix + reason)
 	}
 	d := suite.d
+	d.mend(tb, "before the test began")
 	h := &harness{tb: tb, d: d, rt: rt, base: d.takeBaseline(), logStart: d.logSize()}
 	tb.Cleanup(h.finish)
 	return h
+}
+
+// mend fails tb if containerd went away (when: before or during the test), with the end of its
+// log, and starts it again when it exited, so that one lost containerd fails one test, not all
+// that follow.
+func (d *daemon) mend(tb testing.TB, when string) {
+	tb.Helper()
+	trouble := d.trouble()
+	if trouble == "" {
+		return
+	}
+	var b strings.Builder
+	dumpLog(&b, "containerd", d.logPath, max(0, d.logSize()-64<<10))
+	tb.Errorf("%s %s\n%s", trouble, when, b.String())
+	select {
+	case <-d.exited:
+		if err := d.startAgain(); err != nil {
+			tb.Fatalf("starting containerd again: %v", err)
+		}
+	default:
+	}
 }
 
 // leakTimeout is how long a finished test may take to be clean: shims and VMs exit
@@ -95,6 +117,7 @@ const leakTimeout = 20 * time.Second
 
 func (h *harness) finish() {
 	tb := h.tb
+	h.d.mend(tb, "during the test")
 	// Whatever the test left: expected when it failed half-way, a bug of the test otherwise.
 	report := tb.Errorf
 	if tb.Failed() {

@@ -80,15 +80,13 @@ http:
 	// No tracing: it would try to export to localhost:4318.
 	r.cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none", "OTEL_SDK_DISABLED=true")
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := r.cmd.Start(); err != nil {
+	if err := startHeld(r.cmd, func() {
+		logf.Close()
+		close(r.exited)
+	}); err != nil {
 		logf.Close()
 		tb.Fatalf("start registry: %v", err)
 	}
-	go func() {
-		_ = r.cmd.Wait()
-		logf.Close()
-		close(r.exited)
-	}()
 	tb.Cleanup(func() { r.stop(tb) })
 	if err := r.waitReady(30 * time.Second); err != nil {
 		tb.Fatalf("%v\n%s", err, r.log())

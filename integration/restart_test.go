@@ -43,15 +43,13 @@ func (d *daemon) startAgain() error {
 	d.cmd.Stdout = d.logf
 	d.cmd.Stderr = d.logf
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := d.cmd.Start(); err != nil {
+	exited := d.exited
+	if err := startHeld(d.cmd, func() {
+		d.exitedAt = time.Now()
+		close(exited)
+	}); err != nil {
 		return fmt.Errorf("restart containerd: %w", err)
 	}
-	exited := d.exited
-	cmd := d.cmd
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	return d.waitReady(30 * time.Second)
 }
 

@@ -599,14 +599,14 @@ func TestSnapshotterRunVM(t *testing.T) {
 	// A new container of the same image starts from the image, not from what the first wrote;
 	// and it sees the same view through one merged image: with --max-layers 1 the snapshotter
 	// merges the image's four layers (whiteouts, opaque directory, hardlinks applied) into one.
-	if err := h.s.restart("--max-layers", "1"); err != nil {
+	if err := h.d.restartSnapshotter("--max-layers", "1"); err != nil {
 		t.Fatal(err)
 	}
 	restored := false
 	restore := func() {
 		if !restored {
 			restored = true
-			if err := h.s.restart(); err != nil {
+			if err := h.d.restartSnapshotter(); err != nil {
 				t.Errorf("restart the snapshotter with its default flags: %v", err)
 			}
 		}

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -107,27 +108,56 @@ func (s *snapDaemon) start(extra ...string) error {
 	s.cmd.Stdout, s.cmd.Stderr = s.logf, s.logf
 	s.cmd.Env = append(os.Environ(), "PATH="+s.bin.path)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := s.cmd.Start(); err != nil {
+	exited := s.exited
+	if err := startHeld(s.cmd, func() { close(exited) }); err != nil {
 		return fmt.Errorf("start %s: %w", s.bin.vzSnapshotter, err)
 	}
-	exited := s.exited
-	go func() {
-		_ = s.cmd.Wait()
-		close(exited)
-	}()
 	return nil
 }
 
-// restart stops the daemon and starts it again with extra flags, on the same root and socket;
-// containerd's proxy reconnects by itself.
-func (s *snapDaemon) restart(extra ...string) error {
-	if err := s.signalStop(); err != nil {
+// restartSnapshotter stops the vz snapshotter and starts it again with extra flags, on the same
+// root and socket.
+func (d *daemon) restartSnapshotter(extra ...string) error {
+	if err := d.snap.signalStop(); err != nil {
 		return err
 	}
-	if err := s.start(extra...); err != nil {
+	return d.startSnapshotterAgain(extra...)
+}
+
+// startSnapshotterAgain starts the vz snapshotter, stopped or killed, with extra flags and waits
+// until containerd reaches it: containerd's proxy redials a snapshotter that went away after a
+// backoff, and until then its calls fail with the refused dial (`ctr snapshots ls` answers from
+// containerd's own records, so the probe prepares and removes a snapshot). The removal also has
+// containerd's next garbage collection walk the snapshotter: one that ran while it was down
+// failed and is not retried.
+func (d *daemon) startSnapshotterAgain(extra ...string) error {
+	if err := d.snap.start(extra...); err != nil {
 		return err
 	}
-	return s.waitReady(30 * time.Second)
+	if err := d.snap.waitReady(30 * time.Second); err != nil {
+		return err
+	}
+	key := fmt.Sprintf("reach-%d", time.Now().UnixNano())
+	ctr := func(args ...string) (result, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return d.ctr(ctx, nil, append([]string{"snapshots", "--snapshotter", vzSnapshotter}, args...)...)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, err := ctr("prepare", key)
+		if err == nil && r.code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd does not reach the restarted vz snapshotter after 30s: %v %s", err, r.stderr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r, err := ctr("rm", key); err != nil || r.code != 0 {
+		return fmt.Errorf("removing the probe snapshot %s: %v %s", key, err, r.stderr)
+	}
+	return nil
 }
 
 // waitReady waits until the snapshotter accepts connections on its socket.
