@@ -339,19 +339,9 @@ func procPPid(tb testing.TB, pid int) int {
 
 func procStatusField(tb testing.TB, pid int, field string) int64 {
 	tb.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	n, err := statusField(pid, field)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			n, err := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			if err != nil {
-				tb.Fatalf("/proc/%d/status: %s", pid, l)
-			}
-			return n
-		}
-	}
-	tb.Fatalf("/proc/%d/status has no %s", pid, field)
-	return 0
+	return n
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containerd/console"
+	containerd "github.com/containerd/containerd/v2/client"
 	"golang.org/x/sys/unix"
 )
 
@@ -331,4 +332,29 @@ func (h *harness) ctrTTY(rows, cols uint16, args ...string) (result, error) {
 	}
 	r := result{args: args, stdout: strings.ReplaceAll(out.String(), "\r", ""), elapsed: time.Since(start)}
 	return finish(ctx, cmd, r, waitErr)
+}
+
+// client is a containerd client in the harness's namespace, closed when the test ends.
+func (h *harness) client() *containerd.Client {
+	h.tb.Helper()
+	c, err := containerd.New(h.d.address, containerd.WithDefaultNamespace(h.d.namespace))
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	h.tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// loadTask is the container id and its task, through c.
+func (h *harness) loadTask(ctx context.Context, c *containerd.Client, id string) (containerd.Container, containerd.Task) {
+	h.tb.Helper()
+	ctr, err := c.LoadContainer(ctx, id)
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	task, err := ctr.Task(ctx, nil)
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	return ctr, task
 }

@@ -78,11 +78,7 @@ func TestHooksOnHost(t *testing.T) {
 		return specs.Hook{Path: script, Args: append([]string{"hook.sh", filepath.Join(dir, name)}, extra...),
 			Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}}
 	}
-	c, err := containerd.New(h.d.address, containerd.WithDefaultNamespace(h.d.namespace))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.client()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 

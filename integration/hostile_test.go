@@ -81,48 +81,11 @@ func hostileHarness(t *testing.T, mode string) *harness {
 	return h
 }
 
-// shimPeak watches the peak memory of the shims of the harness's containerd until stop.
-type shimPeak struct {
-	kib   atomic.Int64
-	stopc chan struct{}
-	done  chan struct{}
-}
-
-func (h *harness) watchShimPeak() *shimPeak {
-	p := &shimPeak{stopc: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			for _, pr := range h.d.ownedProcs() {
-				if strings.Contains(pr.cmdline, "containerd-shim-vz-v1") {
-					if v := statusKiB(pr.pid, "VmHWM"); v > p.kib.Load() {
-						p.kib.Store(v)
-					}
-				}
-			}
-			select {
-			case <-p.stopc:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return p
-}
-
-// stop ends the watch and returns the peak, in KiB.
-func (p *shimPeak) stop() int64 {
-	close(p.stopc)
-	<-p.done
-	return p.kib.Load()
-}
-
-// check stops the watch and fails the test if a shim went past shimMemoryBound.
-func (p *shimPeak) check(t *testing.T) {
+// check stops the sampling and fails the test if a shim went past shimMemoryBound.
+func (p *peaks) check(t *testing.T) {
 	t.Helper()
-	kib := p.stop()
+	p.stop()
+	kib := p.shimHWMKiB
 	if kib == 0 {
 		t.Errorf("no shim seen while the guest misbehaved")
 	}
@@ -158,7 +121,7 @@ func (h *harness) containerdLog() string {
 // checks that an exec still works and the shim's peak memory, and removes the task.
 func detachedUnder(t *testing.T, mode string, check func(h *harness, id string)) {
 	h := hostileHarness(t, mode)
-	peak := h.watchShimPeak()
+	peak := h.samplePeaks(50 * time.Millisecond)
 	id := h.newID("hostile-" + mode)
 	h.ctrOK(h.runArgs(detached(), id, "sleep", "600")...)
 	check(h, id)
@@ -176,7 +139,7 @@ func TestHostileGuest(t *testing.T) {
 		// undecodable ones.
 		h := hostileHarness(t, "events")
 		seen := h.d.watchEvents(t, "victim")
-		peak := h.watchShimPeak()
+		peak := h.samplePeaks(50 * time.Millisecond)
 		id := h.newID("hostile-events")
 		r := h.ctr(h.runArgs(h.rmFlags(), id, "echo", "hi")...)
 		peak.check(t)
@@ -267,7 +230,7 @@ func TestHostileGuest(t *testing.T) {
 		// the output cut exitDrainTimeout after it, so that ctr, which reads the output to
 		// its end, returns.
 		h := hostileHarness(t, "stdio")
-		peak := h.watchShimPeak()
+		peak := h.samplePeaks(50 * time.Millisecond)
 		id := h.newID("hostile-stdio")
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()

@@ -82,21 +82,9 @@ func TestStdinReattach(t *testing.T) {
 	forEachRuntime(t, func(t *testing.T, h *harness) {
 		id := h.newID("reattach")
 		h.ctrOK(h.runArgs(detached(), id, "sleep", "600")...)
-		client, err := containerd.New(h.d.address, containerd.WithDefaultNamespace(h.d.namespace))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer client.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		c, err := client.LoadContainer(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		task, err := c.Task(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, task := h.loadTask(ctx, h.client(), id)
 		spec, err := c.Spec(ctx)
 		if err != nil {
 			t.Fatal(err)

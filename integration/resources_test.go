@@ -59,21 +59,9 @@ func TestUpdateCPU(t *testing.T) {
 		}
 		h.ctrOK(h.runArgs(flags, id, trapSleep(143)...)...)
 
-		client, err := containerd.New(h.d.address, containerd.WithDefaultNamespace(h.d.namespace))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer client.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		c, err := client.LoadContainer(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		task, err := c.Task(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, task := h.loadTask(ctx, h.client(), id)
 		quota, period := int64(50000), uint64(100000)
 		if err := task.Update(ctx, containerd.WithResources(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}})); err != nil {
 			t.Fatalf("update: %v", err)

@@ -56,13 +56,14 @@ func soak(tb testing.TB, h *harness, n int) soakResult {
 	return res
 }
 
-// peaks samples, until stop, the largest RSS of the harness's shims, the most files containerd
-// holds (fds) and the most shims at once.
+// peaks samples, until stop, the largest RSS and peak RSS (VmHWM, which catches a burst between
+// two samples) of the harness's shims, the most files containerd holds (fds) and the most shims
+// at once.
 type peaks struct {
-	mu                sync.Mutex
-	shimRSSKiB        int64
-	fds, shims        int
-	stopped, finished chan struct{}
+	mu                     sync.Mutex
+	shimRSSKiB, shimHWMKiB int64
+	fds, shims             int
+	stopped, finished      chan struct{}
 }
 
 // openFiles is how many files containerd holds.
@@ -82,16 +83,18 @@ func (h *harness) samplePeaks(every time.Duration) *peaks {
 			case <-time.After(every):
 			}
 			shims := 0
-			var rss int64
+			var rss, hwm int64
 			for _, pr := range h.d.ownedProcs() {
 				if strings.Contains(pr.cmdline, "containerd-shim-vz-v1") {
 					shims++
 					rss = max(rss, statusKiB(pr.pid, "VmRSS"))
+					hwm = max(hwm, statusKiB(pr.pid, "VmHWM"))
 				}
 			}
 			f := h.d.openFiles()
 			p.mu.Lock()
-			p.shimRSSKiB, p.fds, p.shims = max(p.shimRSSKiB, rss), max(p.fds, f), max(p.shims, shims)
+			p.shimRSSKiB, p.shimHWMKiB = max(p.shimRSSKiB, rss), max(p.shimHWMKiB, hwm)
+			p.fds, p.shims = max(p.fds, f), max(p.shims, shims)
 			p.mu.Unlock()
 		}
 	}()
@@ -106,19 +109,31 @@ func (p *peaks) stop() (shimRSSKiB int64, fds, shims int) {
 
 // statusKiB reads a KiB field of /proc/<pid>/status; 0 when the process is gone.
 func statusKiB(pid int, field string) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	n, _ := statusField(pid, field)
+	return n
+}
+
+// statusField reads the number of a field of /proc/<pid>/status ("VmRSS", "PPid").
+func statusField(pid int, field string) (int64, error) {
+	path := "/proc/" + strconv.Itoa(pid) + "/status"
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			if f := strings.Fields(v); len(f) > 0 {
-				n, _ := strconv.ParseInt(f[0], 10, 64)
-				return n
+			f := strings.Fields(v)
+			if len(f) == 0 {
+				return 0, fmt.Errorf("%s: %q", path, l)
 			}
+			n, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: %q: %w", path, l, err)
+			}
+			return n, nil
 		}
 	}
-	return 0
+	return 0, fmt.Errorf("%s has no %s", path, field)
 }
 
 // soakCycles is VZ_SOAK_CYCLES, else def.
@@ -403,7 +418,7 @@ func BenchmarkBigOutput(b *testing.B) {
 	var took time.Duration
 	var peak int64
 	for b.Loop() {
-		p := h.watchShimPeak()
+		p := h.samplePeaks(50 * time.Millisecond)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 		cmd := h.d.ctrCommand(ctx, h.runArgs(h.rmFlags(), h.newID("big-output"), "head", "-c", size, "/dev/zero")...)
 		cmd.Stdout = &out
@@ -411,7 +426,8 @@ func BenchmarkBigOutput(b *testing.B) {
 		err := cmd.Run()
 		took = time.Since(start)
 		cancel()
-		peak = p.stop()
+		p.stop()
+		peak = p.shimHWMKiB
 		if err != nil {
 			b.Fatalf("ctr run writing %s: %v", size, err)
 		}

@@ -143,6 +143,7 @@ func (d *daemon) startSnapshotterAgain(extra ...string) error {
 		defer cancel()
 		return d.ctr(ctx, nil, append([]string{"snapshots", "--snapshotter", vzSnapshotter}, args...)...)
 	}
+	before := d.snap.snapshotDirs()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		r, err := ctr("prepare", key)
@@ -154,8 +155,19 @@ func (d *daemon) startSnapshotterAgain(extra ...string) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	probe := newPaths(d.snap.snapshotDirs(), before)
 	if r, err := ctr("rm", key); err != nil || r.code != 0 {
 		return fmt.Errorf("removing the probe snapshot %s: %v %s", key, err, r.stderr)
+	}
+	// containerd removes it from the snapshotter in its garbage collection, soon after: a test
+	// must not find it among the snapshotter's directories.
+	for _, dir := range probe {
+		if !waitFor(30*time.Second, func() bool {
+			_, err := os.Stat(dir)
+			return errors.Is(err, os.ErrNotExist)
+		}) {
+			return fmt.Errorf("the probe snapshot's directory %s is still there 30s after its removal", dir)
+		}
 	}
 	return nil
 }

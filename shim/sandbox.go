@@ -91,25 +91,29 @@ func (sb *sandbox) agentErr(err error) error {
 // deleteInGuest is the agent's Delete of a process, bounded by
 // guestAnswerTimeout.
 func (sb *sandbox) deleteInGuest(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
-	actx, cancel := context.WithTimeout(ctx, guestAnswerTimeout)
-	defer cancel()
-	resp, err := sb.agent.Delete(actx, r)
-	return resp, sb.answerErr(ctx, actx, err)
+	resp, silent, err := askGuest(ctx, guestAnswerTimeout, func(ctx context.Context) (*taskAPI.DeleteResponse, error) {
+		return sb.agent.Delete(ctx, r)
+	})
+	return resp, sb.answerErr(err, silent)
 }
 
-// answerErr is agentErr for a call bounded by actx (a child of ctx): a
-// guest that let actx's time pass gets an error that says so.
-func (sb *sandbox) answerErr(ctx, actx context.Context, err error) error {
-	if silent(ctx, actx) && !sb.vmDead() {
+// askGuest makes one call to the agent with d to answer. silent tells that
+// the guest let d pass, not that the caller's ctx ended: the caller decides
+// what a silent guest costs it (an error, its own view, the VM).
+func askGuest[R any](ctx context.Context, d time.Duration, call func(context.Context) (R, error)) (_ R, silent bool, _ error) {
+	actx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	resp, err := call(actx)
+	return resp, err != nil && ctx.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded), err
+}
+
+// answerErr is agentErr for a call bounded by guestAnswerTimeout: a guest
+// that let the time pass gets an error that says so.
+func (sb *sandbox) answerErr(err error, silent bool) error {
+	if silent && !sb.vmDead() {
 		return fmt.Errorf("the guest did not answer within %s: %w", guestAnswerTimeout, context.DeadlineExceeded)
 	}
 	return sb.agentErr(err)
-}
-
-// silent tells whether a call bounded by actx ran out of its time, and not
-// because the caller's ctx ended.
-func silent(ctx, actx context.Context) bool {
-	return ctx.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded)
 }
 
 // vmExitWait is how long an error of a lost connection waits for the VMM's

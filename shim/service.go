@@ -771,11 +771,9 @@ func forward[R any](ctx context.Context, s *service, id string, call func(ctx co
 	if err != nil {
 		return none, errgrpc.ToGRPC(err)
 	}
-	actx, cancel := context.WithTimeout(ctx, guestAnswerTimeout)
-	defer cancel()
-	resp, err := call(actx, c.sb.agent)
+	resp, silent, err := askGuest(ctx, guestAnswerTimeout, func(ctx context.Context) (R, error) { return call(ctx, c.sb.agent) })
 	if err != nil {
-		return none, errgrpc.ToGRPC(c.sb.answerErr(ctx, actx, err))
+		return none, errgrpc.ToGRPC(c.sb.answerErr(err, silent))
 	}
 	return resp, nil
 }
@@ -876,12 +874,11 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	sb := c.sb
 	var resp *taskAPI.StateResponse
 	if !sb.vmDead() {
-		actx, cancel := context.WithTimeout(ctx, stateAnswerTimeout)
-		resp, err = sb.agent.State(actx, r)
-		cancel()
+		var silent bool
+		resp, silent, err = askGuest(ctx, stateAnswerTimeout, func(ctx context.Context) (*taskAPI.StateResponse, error) { return sb.agent.State(ctx, r) })
 		switch {
 		case err == nil || sb.vmDead():
-		case silent(ctx, actx):
+		case silent:
 			// containerd gives State 2 s (io.containerd.timeout.task.state)
 			// and fails every call on the task without it, Kill included:
 			// the shim answers with what it knows.
@@ -1068,10 +1065,8 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	kctx, cancel := context.WithTimeout(ctx, guestAnswerTimeout)
-	defer cancel()
-	resp, err := c.sb.agent.Kill(kctx, r)
-	if err == nil || !silent(ctx, kctx) {
+	resp, silent, err := askGuest(ctx, guestAnswerTimeout, func(ctx context.Context) (*emptypb.Empty, error) { return c.sb.agent.Kill(ctx, r) })
+	if err == nil || !silent {
 		return resp, errgrpc.ToGRPC(c.sb.agentErr(err))
 	}
 	c.sb.hung(ctx, fmt.Sprintf("no answer to SIGKILL of %s in %s", r.ID, guestAnswerTimeout))
