@@ -3,6 +3,7 @@ package integration
 import (
 	"archive/tar"
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -244,11 +246,12 @@ func runCritest(t *testing.T, d *daemon, critest, handler, images string, specs 
 	cmd.Stdout, cmd.Stderr = logf, logf
 	runErr := cmd.Run()
 	logf.Close()
-	states, err := readGinkgoReport(report)
+	states, slowest, err := readGinkgoReport(report)
 	if err != nil {
 		b, _ := os.ReadFile(logPath)
 		t.Fatalf("critest with %s: %v (exit: %v)\n%s", handler, err, runErr, tailLines(string(b), maxLogLines))
 	}
+	t.Logf("critest with %s: slowest specs: %s", handler, strings.Join(slowest, "; "))
 	if keep := os.Getenv("VZTEST_CRITEST_LOGS"); keep != "" {
 		b, _ := os.ReadFile(logPath)
 		_ = os.WriteFile(filepath.Join(keep, "critest-"+handler+".log"), b, 0o644)
@@ -257,11 +260,11 @@ func runCritest(t *testing.T, d *daemon, critest, handler, images string, specs 
 }
 
 // readGinkgoReport reads a ginkgo v2 JSON report into spec text → state ("passed", "failed",
-// "skipped", …) for its It nodes.
-func readGinkgoReport(path string) (map[string]string, error) {
+// "skipped", …) for its It nodes, and the three slowest specs with their times.
+func readGinkgoReport(path string) (states map[string]string, slowest []string, _ error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var suites []struct {
 		SpecReports []struct {
@@ -269,24 +272,36 @@ func readGinkgoReport(path string) (map[string]string, error) {
 			LeafNodeType            string
 			LeafNodeText            string
 			State                   string
+			RunTime                 time.Duration // ns in the report
 		}
 	}
 	if err := json.Unmarshal(b, &suites); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	states := map[string]string{}
+	type timed struct {
+		text string
+		took time.Duration
+	}
+	var specs []timed
+	states = map[string]string{}
 	for _, s := range suites {
 		for _, r := range s.SpecReports {
 			if r.LeafNodeType != "It" {
 				continue
 			}
-			states[strings.Join(append(append([]string{}, r.ContainerHierarchyTexts...), r.LeafNodeText), " ")] = r.State
+			text := strings.Join(append(append([]string{}, r.ContainerHierarchyTexts...), r.LeafNodeText), " ")
+			states[text] = r.State
+			specs = append(specs, timed{text, r.RunTime})
 		}
 	}
 	if len(states) == 0 {
-		return nil, fmt.Errorf("%s: no specs", path)
+		return nil, nil, fmt.Errorf("%s: no specs", path)
 	}
-	return states, nil
+	slices.SortFunc(specs, func(a, b timed) int { return cmp.Compare(b.took, a.took) })
+	for _, s := range specs[:min(3, len(specs))] {
+		slowest = append(slowest, fmt.Sprintf("%s (%s)", s.text, s.took.Round(100*time.Millisecond)))
+	}
+	return states, slowest, nil
 }
 
 // tally counts the states of a report: "78 passed, 31 failed, 33 skipped".
