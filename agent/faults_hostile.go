@@ -44,6 +44,9 @@ const (
 	// faultSilent: after the first Start, no call is ever answered and no
 	// event sent again; the VM runs on.
 	faultSilent = "silent"
+	// faultMute: the agent accepts the host's connection and answers no
+	// call at all, the first (at boot) included.
+	faultMute = "mute"
 	// faultPanic: Start kills the agent, PID 1: the kernel panics.
 	faultPanic = "panic"
 	// faultStdio: no output stream ever ends: at the process's end the
@@ -94,7 +97,7 @@ func (f *faults) interceptor() ttrpc.UnaryServerInterceptor {
 		return nil
 	}
 	return func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
-		if f.is(faultSilent) && f.started.Load() {
+		if f.is(faultMute) || f.is(faultSilent) && f.started.Load() {
 			<-never
 		}
 		start := strings.HasSuffix(info.FullMethod, "/Start")

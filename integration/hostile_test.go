@@ -208,6 +208,19 @@ func TestHostileGuest(t *testing.T) {
 		h.removeContainer(id)
 	})
 
+	t.Run("mute", func(t *testing.T) {
+		// The agent takes the connection and answers nothing, from its first call at boot:
+		// the run fails once guestAnswerTimeout has passed, saying so, and leaves nothing.
+		h := hostileHarness(t, "mute")
+		id := h.newID("hostile-mute")
+		r := h.ctr(h.runArgs(h.rmFlags(), id, "echo", "hi")...)
+		if r.code == 0 || !strings.Contains(r.stderr, "did not answer") {
+			t.Errorf("ctr run in a guest that answers nothing: want an error that says so: %s", r)
+		}
+		t.Logf("ctr run failed after %s: %s", r.elapsed.Round(time.Millisecond), lastLine(r.stderr))
+		h.ctr("containers", "delete", id)
+	})
+
 	t.Run("panic", func(t *testing.T) {
 		// Start kills PID 1: the guest kernel panics, QEMU ends (-no-reboot).
 		h := hostileHarness(t, "panic")

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -135,15 +136,22 @@ func (t *bootTrace) guest(ctx context.Context, phases []*agentapi.BootPhase, upt
 }
 
 // guestInfo asks the agent for its boot phases and logs those not logged
-// yet.
-func (t *bootTrace) guestInfo(ctx context.Context, sys agentapi.SystemService) {
+// yet. Its error is for a guest that did not answer in guestAnswerTimeout,
+// a hung guest; other errors are only logged.
+func (t *bootTrace) guestInfo(ctx context.Context, sys agentapi.SystemService) error {
 	if t == nil {
-		return
+		return nil
 	}
-	info, err := sys.Info(ctx, &agentapi.InfoRequest{})
+	info, silent, err := askGuest(ctx, guestAnswerTimeout, func(ctx context.Context) (*agentapi.InfoResponse, error) {
+		return sys.Info(ctx, &agentapi.InfoRequest{})
+	})
+	if silent {
+		return fmt.Errorf("the guest did not answer within %s: %w", guestAnswerTimeout, context.DeadlineExceeded)
+	}
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("asking the agent for its boot phases")
-		return
+		return nil
 	}
 	t.guest(ctx, info.Boot, info.Uptime.AsDuration(), time.Now())
+	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	agentapi "github.com/vz-shim/containerd-shim-vz/api/agent/v1"
 	"github.com/vz-shim/containerd-shim-vz/vm"
@@ -178,7 +179,12 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 	sb.bundles = agentapi.NewBundleClient(sb.client)
 	sb.sys = agentapi.NewSystemClient(sb.client)
 	log.G(ctx).WithField("boot", time.Since(start)).Info("agent ready")
-	sb.trace.guestInfo(ctx, sb.sys)
+	// The guest answers from here on, or the task fails with a clear error:
+	// a restored guest once accepted the connection and hung.
+	if err := sb.trace.guestInfo(ctx, sb.sys); err != nil {
+		sb.warm.discard(ctx, err)
+		return fmt.Errorf("the agent connected, then: %w", err)
+	}
 	sb.trace.mark(ctx, phaseConnected)
 
 	setup.Network = sb.net.guest()
@@ -194,7 +200,14 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 		sb.forwarders = append(sb.forwarders, newPortForwarder(sb.machine, loopbackIn(ctx, ns)))
 		setup.ForwardPorts = true
 	}
-	if _, err := sb.sys.Setup(ctx, setup); err != nil {
+	_, silent, err := askGuest(ctx, setupAnswerTimeout, func(ctx context.Context) (*emptypb.Empty, error) {
+		return sb.sys.Setup(ctx, setup)
+	})
+	if silent {
+		sb.warm.discard(ctx, err)
+		return fmt.Errorf("setting up the guest: the guest did not answer within %s: %w", setupAnswerTimeout, context.DeadlineExceeded)
+	}
+	if err != nil {
 		return fmt.Errorf("setting up the guest: %w", errgrpc.ToNative(err))
 	}
 	sb.trace.mark(ctx, phaseSetUp)

@@ -58,6 +58,10 @@ const (
 	// containerd's own bound on it; a silent guest's task gets the shim's
 	// view (hostProcess.ownState).
 	stateAnswerTimeout = 1500 * time.Millisecond
+	// setupAnswerTimeout is the guest's time to set itself up (network,
+	// shares) once its agent answers: ~0.1 s under TCG, so a guest that
+	// takes this long has hung.
+	setupAnswerTimeout = 30 * time.Second
 )
 
 // NewTaskService is the shim's task service: containerd's task API, served
@@ -314,7 +318,9 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err := s.createInGuest(ctx, c, r, config, rootfs.guest); err != nil {
 		return nil, err
 	}
-	trace.guestInfo(ctx, sb.sys) // rootfs mounted
+	if err := trace.guestInfo(ctx, sb.sys); err != nil { // rootfs mounted
+		return nil, err
+	}
 	trace.mark(ctx, phaseCreated)
 	s.mu.Lock()
 	s.sb = sb
