@@ -339,9 +339,9 @@ func procPPid(tb testing.TB, pid int) int {
 
 func procStatusField(tb testing.TB, pid int, field string) int64 {
 	tb.Helper()
-	n, err := statusField(pid, field)
+	v, err := statusFields(pid, field)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return n
+	return v[0]
 }

@@ -121,8 +121,7 @@ func TestHarnessMends(t *testing.T) {
 		t.Skip(skipPrefix + reason)
 	}
 	d := suite.d
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	<-d.exited
+	d.end(t, syscall.SIGTERM)
 	rec := &recordingTB{TB: t}
 	d.mend(rec, "before the test began")
 	// containerd exits 0 on SIGTERM; its log (debug) says why.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,8 +88,8 @@ func (h *harness) samplePeaks(every time.Duration) *peaks {
 			for _, pr := range h.d.ownedProcs() {
 				if strings.Contains(pr.cmdline, "containerd-shim-vz-v1") {
 					shims++
-					rss = max(rss, statusKiB(pr.pid, "VmRSS"))
-					hwm = max(hwm, statusKiB(pr.pid, "VmHWM"))
+					v, _ := statusFields(pr.pid, "VmRSS", "VmHWM")
+					rss, hwm = max(rss, v[0]), max(hwm, v[1])
 				}
 			}
 			f := h.d.openFiles()
@@ -109,31 +110,34 @@ func (p *peaks) stop() (shimRSSKiB int64, fds, shims int) {
 
 // statusKiB reads a KiB field of /proc/<pid>/status; 0 when the process is gone.
 func statusKiB(pid int, field string) int64 {
-	n, _ := statusField(pid, field)
-	return n
+	v, _ := statusFields(pid, field)
+	return v[0]
 }
 
-// statusField reads the number of a field of /proc/<pid>/status ("VmRSS", "PPid").
-func statusField(pid int, field string) (int64, error) {
+// statusFields reads the numbers of fields of /proc/<pid>/status ("VmRSS", "PPid") in one read,
+// in the order asked; each is 0 on error.
+func statusFields(pid int, fields ...string) ([]int64, error) {
+	vals := make([]int64, len(fields))
 	path := "/proc/" + strconv.Itoa(pid) + "/status"
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, err
+		return vals, err
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			f := strings.Fields(v)
-			if len(f) == 0 {
-				return 0, fmt.Errorf("%s: %q", path, l)
-			}
-			n, err := strconv.ParseInt(f[0], 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("%s: %q: %w", path, l, err)
-			}
-			return n, nil
+	lines := strings.Split(string(b), "\n")
+	for i, field := range fields {
+		j := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, field+":") })
+		if j < 0 {
+			return vals, fmt.Errorf("%s has no %s", path, field)
+		}
+		f := strings.Fields(strings.TrimPrefix(lines[j], field+":"))
+		if len(f) == 0 {
+			return vals, fmt.Errorf("%s: %q", path, lines[j])
+		}
+		if vals[i], err = strconv.ParseInt(f[0], 10, 64); err != nil {
+			return vals, fmt.Errorf("%s: %q: %w", path, lines[j], err)
 		}
 	}
-	return 0, fmt.Errorf("%s has no %s", path, field)
+	return vals, nil
 }
 
 // soakCycles is VZ_SOAK_CYCLES, else def.

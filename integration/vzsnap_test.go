@@ -144,16 +144,13 @@ func (d *daemon) startSnapshotterAgain(extra ...string) error {
 		return d.ctr(ctx, nil, append([]string{"snapshots", "--snapshotter", vzSnapshotter}, args...)...)
 	}
 	before := d.snap.snapshotDirs()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		r, err := ctr("prepare", key)
-		if err == nil && r.code == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("containerd does not reach the restarted vz snapshotter after 30s: %v %s", err, r.stderr)
-		}
-		time.Sleep(200 * time.Millisecond)
+	var r result
+	var err error
+	if !waitFor(30*time.Second, func() bool {
+		r, err = ctr("prepare", key)
+		return err == nil && r.code == 0
+	}) {
+		return fmt.Errorf("containerd does not reach the restarted vz snapshotter after 30s: %v %s", err, r.stderr)
 	}
 	probe := newPaths(d.snap.snapshotDirs(), before)
 	if r, err := ctr("rm", key); err != nil || r.code != 0 {

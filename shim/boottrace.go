@@ -2,7 +2,6 @@ package shim
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -146,7 +145,7 @@ func (t *bootTrace) guestInfo(ctx context.Context, sys agentapi.SystemService) e
 		return sys.Info(ctx, &agentapi.InfoRequest{})
 	})
 	if silent {
-		return fmt.Errorf("the guest did not answer within %s: %w", guestAnswerTimeout, context.DeadlineExceeded)
+		return errNoAnswer(guestAnswerTimeout)
 	}
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("asking the agent for its boot phases")

@@ -108,11 +108,16 @@ func askGuest[R any](ctx context.Context, d time.Duration, call func(context.Con
 	return resp, err != nil && ctx.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded), err
 }
 
+// errNoAnswer is the error of a guest that let d pass without answering.
+func errNoAnswer(d time.Duration) error {
+	return fmt.Errorf("the guest did not answer within %s: %w", d, context.DeadlineExceeded)
+}
+
 // answerErr is agentErr for a call bounded by guestAnswerTimeout: a guest
 // that let the time pass gets an error that says so.
 func (sb *sandbox) answerErr(err error, silent bool) error {
 	if silent && !sb.vmDead() {
-		return fmt.Errorf("the guest did not answer within %s: %w", guestAnswerTimeout, context.DeadlineExceeded)
+		return errNoAnswer(guestAnswerTimeout)
 	}
 	return sb.agentErr(err)
 }
@@ -205,7 +210,7 @@ func (sb *sandbox) boot(ctx context.Context, c *container, opts Options, setup *
 	})
 	if silent {
 		sb.warm.discard(ctx, err)
-		return fmt.Errorf("setting up the guest: the guest did not answer within %s: %w", setupAnswerTimeout, context.DeadlineExceeded)
+		return fmt.Errorf("setting up the guest: %w", errNoAnswer(setupAnswerTimeout))
 	}
 	if err != nil {
 		return fmt.Errorf("setting up the guest: %w", errgrpc.ToNative(err))
